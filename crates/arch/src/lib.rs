@@ -1,0 +1,23 @@
+//! `trainyard-arch`: what the hardware is.
+//!
+//! * [`DType`] — the element types of a NeuronCore-class device and their
+//!   bit-exact conversions from `f32` ([`DType::encode`], [`DType::decode`]) with
+//!   round-to-nearest-even or seeded stochastic rounding ([`Rounding`]).
+//! * [`ChipSpec`] — engines, clocks, memories, DMA, links, peaks, loaded and
+//!   validated from `chips/*.toml`.
+//!
+//! ```
+//! use trainyard_arch::{DType, Rounding};
+//! let bits = DType::Bf16.encode(1.0 + 1.0 / 256.0, Rounding::NearestEven);
+//! assert_eq!(DType::Bf16.decode(bits), 1.0); // ties go to even
+//! ```
+#![deny(missing_docs)]
+
+mod chip;
+mod dtype;
+mod minifloat;
+mod rng;
+
+pub use chip::*;
+pub use dtype::*;
+pub use rng::SplitMix64;
