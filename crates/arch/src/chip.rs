@@ -226,10 +226,8 @@ impl ChipSpec {
 
     /// Reads, parses and validates a chip file.
     pub fn load(path: &Path) -> Result<Self, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SpecError::Io { path: path.to_path_buf(), source })?;
         Self::from_toml_str(&text, path)
     }
 
@@ -243,30 +241,20 @@ impl ChipSpec {
             Some((n, text)) => Self::from_toml_str(text, Path::new(&format!("chips/{n}.toml"))),
             None => Err(SpecError::Unknown {
                 name: name_or_path.to_string(),
-                known: BUNDLED_CHIPS
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                known: BUNDLED_CHIPS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
             }),
         }
     }
 
     /// All bundled chips.
     pub fn bundled() -> Result<Vec<Self>, SpecError> {
-        BUNDLED_CHIPS
-            .iter()
-            .map(|(n, _)| Self::by_name(n))
-            .collect()
+        BUNDLED_CHIPS.iter().map(|(n, _)| Self::by_name(n)).collect()
     }
 
     /// Checks every value's range; the error names the offending key.
     pub fn validate(&self, path: &Path) -> Result<(), SpecError> {
-        let bad = |key: &str, message: String| SpecError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        };
+        let bad =
+            |key: &str, message: String| SpecError::Invalid { path: path.to_path_buf(), key: key.to_string(), message };
         let positive = |key: &str, v: f64| -> Result<(), SpecError> {
             if v.is_finite() && v > 0.0 {
                 Ok(())
@@ -278,13 +266,7 @@ impl ChipSpec {
             return Err(bad("name", "must not be empty".into()));
         }
         if !(2..=4).contains(&self.generation) {
-            return Err(bad(
-                "generation",
-                format!(
-                    "must be 2, 3 or 4 (NeuronCore-v2..v4), got {}",
-                    self.generation
-                ),
-            ));
+            return Err(bad("generation", format!("must be 2, 3 or 4 (NeuronCore-v2..v4), got {}", self.generation)));
         }
         let c = &self.chip;
         positive("chip.cores", c.cores as f64)?;
@@ -297,10 +279,7 @@ impl ChipSpec {
         positive("core.clocks.vector_ghz", k.clocks.vector_ghz)?;
         positive("core.clocks.scalar_ghz", k.clocks.scalar_ghz)?;
         positive("core.clocks.gpsimd_ghz", k.clocks.gpsimd_ghz)?;
-        for (key, v) in [
-            ("core.tensor.rows", k.tensor.rows),
-            ("core.tensor.cols", k.tensor.cols),
-        ] {
+        for (key, v) in [("core.tensor.rows", k.tensor.rows), ("core.tensor.cols", k.tensor.cols)] {
             if v == 0 || v > 128 {
                 return Err(bad(key, format!("must be in 1..=128, got {v}")));
             }
@@ -316,10 +295,7 @@ impl ChipSpec {
                     format!("must be in 1..=128, got {}", s.partitions),
                 ));
             }
-            positive(
-                &format!("core.{name}.bytes_per_partition"),
-                s.bytes_per_partition as f64,
-            )?;
+            positive(&format!("core.{name}.bytes_per_partition"), s.bytes_per_partition as f64)?;
         }
         if k.psum.banks == 0 || k.psum.bytes_per_partition % k.psum.banks != 0 {
             return Err(bad(
@@ -331,10 +307,7 @@ impl ChipSpec {
             ));
         }
         if k.tensor.moving_fmax as u64 * 4 > k.psum.bytes_per_partition as u64 {
-            return Err(bad(
-                "core.tensor.moving_fmax",
-                "an fp32 moving tile must fit in PSUM".into(),
-            ));
+            return Err(bad("core.tensor.moving_fmax", "an fp32 moving tile must fit in PSUM".into()));
         }
         let e = &k.elementwise;
         for (key, v) in [
@@ -351,14 +324,9 @@ impl ChipSpec {
         positive("core.dma.engines", d.engines as f64)?;
         positive("core.dma.queues", d.queues as f64)?;
         positive("core.dma.engine_bytes_per_ns", d.engine_bytes_per_ns)?;
-        positive(
-            "core.dma.partitions_per_engine",
-            d.partitions_per_engine as f64,
-        )?;
-        for (key, v) in [
-            ("core.dma.fixed_latency_ns", d.fixed_latency_ns),
-            ("core.dma.descriptor_ns", d.descriptor_ns),
-        ] {
+        positive("core.dma.partitions_per_engine", d.partitions_per_engine as f64)?;
+        for (key, v) in [("core.dma.fixed_latency_ns", d.fixed_latency_ns), ("core.dma.descriptor_ns", d.descriptor_ns)]
+        {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(key, format!("must be ≥ 0, got {v}")));
             }
@@ -412,20 +380,14 @@ mod tests {
     #[test]
     fn missing_key_is_named() {
         let text = BUNDLED_CHIPS[0].1.replace("hbm_gbps", "hbm_gbps_typo");
-        let err = ChipSpec::from_toml_str(&text, Path::new("x.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = ChipSpec::from_toml_str(&text, Path::new("x.toml")).unwrap_err().to_string();
         assert!(err.contains("x.toml") && err.contains("hbm_gbps"), "{err}");
     }
 
     #[test]
     fn bad_value_is_named() {
-        let text = BUNDLED_CHIPS[0]
-            .1
-            .replacen("partitions = 128", "partitions = 256", 1);
-        let err = ChipSpec::from_toml_str(&text, Path::new("x.toml"))
-            .unwrap_err()
-            .to_string();
+        let text = BUNDLED_CHIPS[0].1.replacen("partitions = 128", "partitions = 256", 1);
+        let err = ChipSpec::from_toml_str(&text, Path::new("x.toml")).unwrap_err().to_string();
         assert!(err.contains("core.sbuf.partitions"), "{err}");
     }
 }

@@ -73,10 +73,7 @@ impl DType {
 
     /// True for the floating-point types.
     pub const fn is_float(self) -> bool {
-        matches!(
-            self,
-            DType::F32 | DType::Bf16 | DType::F16 | DType::F8E4M3 | DType::F8E5M2
-        )
+        matches!(self, DType::F32 | DType::Bf16 | DType::F16 | DType::F8E4M3 | DType::F8E5M2)
     }
 
     /// True for the integer types.
@@ -246,11 +243,7 @@ fn stochastic_f16(x: f32, rng: &mut SplitMix64) -> u32 {
     }
     // Bracket x between two neighbouring f16 values and pick one with
     // probability proportional to proximity.
-    let lo_bits = if (down.to_f32() < x) == (x > 0.0) {
-        down
-    } else {
-        f16::from_bits(down.to_bits() - 1)
-    };
+    let lo_bits = if (down.to_f32() < x) == (x > 0.0) { down } else { f16::from_bits(down.to_bits() - 1) };
     let hi_bits = f16::from_bits(lo_bits.to_bits() + 1);
     let (lo, hi) = (lo_bits.to_f32() as f64, hi_bits.to_f32() as f64);
     let frac = ((x as f64).abs() - lo.abs()) / (hi.abs() - lo.abs());
@@ -308,40 +301,19 @@ mod tests {
 
     #[test]
     fn int_conversion_rounds_even_and_saturates() {
-        assert_eq!(
-            DType::I8.decode(DType::I8.encode(2.5, Rounding::NearestEven)),
-            2.0
-        );
-        assert_eq!(
-            DType::I8.decode(DType::I8.encode(3.5, Rounding::NearestEven)),
-            4.0
-        );
-        assert_eq!(
-            DType::I8.decode(DType::I8.encode(-1000.0, Rounding::NearestEven)),
-            -128.0
-        );
-        assert_eq!(
-            DType::U8.decode(DType::U8.encode(-3.0, Rounding::NearestEven)),
-            0.0
-        );
-        assert_eq!(
-            DType::U8.decode(DType::U8.encode(f32::NAN, Rounding::NearestEven)),
-            0.0
-        );
-        assert_eq!(
-            DType::I32.decode_int(DType::I32.encode_int(1 << 40)),
-            i32::MAX as i64
-        );
+        assert_eq!(DType::I8.decode(DType::I8.encode(2.5, Rounding::NearestEven)), 2.0);
+        assert_eq!(DType::I8.decode(DType::I8.encode(3.5, Rounding::NearestEven)), 4.0);
+        assert_eq!(DType::I8.decode(DType::I8.encode(-1000.0, Rounding::NearestEven)), -128.0);
+        assert_eq!(DType::U8.decode(DType::U8.encode(-3.0, Rounding::NearestEven)), 0.0);
+        assert_eq!(DType::U8.decode(DType::U8.encode(f32::NAN, Rounding::NearestEven)), 0.0);
+        assert_eq!(DType::I32.decode_int(DType::I32.encode_int(1 << 40)), i32::MAX as i64);
     }
 
     #[test]
     fn bf16_ties_to_even() {
         // 1 + 2^-8 is halfway between 1 and 1 + 2^-7.
         assert_eq!(DType::Bf16.round(1.0 + 2f32.powi(-8)), 1.0);
-        assert_eq!(
-            DType::Bf16.round(1.0 + 3.0 * 2f32.powi(-8)),
-            1.0 + 2.0 * 2f32.powi(-7)
-        );
+        assert_eq!(DType::Bf16.round(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2.0 * 2f32.powi(-7));
     }
 
     #[test]
@@ -357,21 +329,14 @@ mod tests {
         assert!((mean - x as f64).abs() < 2e-4, "mean {mean}");
         let a: Vec<u32> = {
             let mut r = SplitMix64::new(3);
-            (0..64)
-                .map(|_| DType::F8E4M3.encode(0.3, Rounding::Stochastic(&mut r)))
-                .collect()
+            (0..64).map(|_| DType::F8E4M3.encode(0.3, Rounding::Stochastic(&mut r))).collect()
         };
         let b: Vec<u32> = {
             let mut r = SplitMix64::new(3);
-            (0..64)
-                .map(|_| DType::F8E4M3.encode(0.3, Rounding::Stochastic(&mut r)))
-                .collect()
+            (0..64).map(|_| DType::F8E4M3.encode(0.3, Rounding::Stochastic(&mut r))).collect()
         };
         assert_eq!(a, b);
-        assert!(
-            a.iter().any(|&v| v != a[0]),
-            "stochastic rounding never varied"
-        );
+        assert!(a.iter().any(|&v| v != a[0]), "stochastic rounding never varied");
     }
 
     #[test]

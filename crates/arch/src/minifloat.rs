@@ -18,21 +18,10 @@ pub(crate) struct MiniFormat {
 }
 
 /// OCP FP8 E4M3 ("e4m3fn"): no infinities, one NaN pattern per sign, max 448.
-pub(crate) const E4M3: MiniFormat = MiniFormat {
-    man_bits: 3,
-    bias: 7,
-    max_finite: 448.0,
-    nan: 0x7f,
-    inf: None,
-};
+pub(crate) const E4M3: MiniFormat = MiniFormat { man_bits: 3, bias: 7, max_finite: 448.0, nan: 0x7f, inf: None };
 /// OCP FP8 E5M2: IEEE-like with infinities, max 57344.
-pub(crate) const E5M2: MiniFormat = MiniFormat {
-    man_bits: 2,
-    bias: 15,
-    max_finite: 57344.0,
-    nan: 0x7f,
-    inf: Some(0x7c),
-};
+pub(crate) const E5M2: MiniFormat =
+    MiniFormat { man_bits: 2, bias: 15, max_finite: 57344.0, nan: 0x7f, inf: Some(0x7c) };
 
 impl MiniFormat {
     fn emin(&self) -> i32 {
@@ -149,10 +138,7 @@ mod tests {
         assert_eq!(E4M3.decode(E4M3.encode(-500.0, None)), -448.0);
         assert_eq!(E4M3.decode(E4M3.encode(f32::INFINITY, None)), 448.0);
         assert_eq!(E5M2.decode(E5M2.encode(1e9, None)), 57344.0);
-        assert_eq!(
-            E5M2.decode(E5M2.encode(f32::NEG_INFINITY, None)),
-            f32::NEG_INFINITY
-        );
+        assert_eq!(E5M2.decode(E5M2.encode(f32::NEG_INFINITY, None)), f32::NEG_INFINITY);
         // 1.0625 lies halfway between 1.0 and 1.125 in e4m3: ties to even (1.0).
         assert_eq!(E4M3.decode(E4M3.encode(1.0625, None)), 1.0);
         // 1.1875 lies halfway between 1.125 and 1.25: even mantissa is 1.25.

@@ -93,16 +93,7 @@ impl Ap {
         } else {
             d[..n].copy_from_slice(&dims[..n]);
         }
-        Ap {
-            space,
-            start_partition,
-            partitions,
-            partition_stride,
-            offset,
-            dims: d,
-            ndims: n as u8,
-            dtype,
-        }
+        Ap { space, start_partition, partitions, partition_stride, offset, dims: d, ndims: n as u8, dtype }
     }
 
     /// A general access pattern from explicit dims (at most 4 are kept).
@@ -115,53 +106,17 @@ impl Ap {
         dims: &[Dim],
         dtype: DType,
     ) -> Self {
-        Self::with_dims(
-            space,
-            start_partition,
-            partitions,
-            partition_stride,
-            offset,
-            dims,
-            dtype,
-        )
+        Self::with_dims(space, start_partition, partitions, partition_stride, offset, dims, dtype)
     }
 
     /// A contiguous row-major SBUF tile `[partitions, shape...]` at byte `offset`.
-    pub fn sbuf(
-        start_partition: u32,
-        partitions: u32,
-        offset: u64,
-        shape: &[u32],
-        dtype: DType,
-    ) -> Self {
-        Self::with_dims(
-            Space::Sbuf,
-            start_partition,
-            partitions,
-            0,
-            offset,
-            &row_major(shape),
-            dtype,
-        )
+    pub fn sbuf(start_partition: u32, partitions: u32, offset: u64, shape: &[u32], dtype: DType) -> Self {
+        Self::with_dims(Space::Sbuf, start_partition, partitions, 0, offset, &row_major(shape), dtype)
     }
 
     /// A contiguous row-major PSUM tile `[partitions, shape...]` at byte `offset`.
-    pub fn psum(
-        start_partition: u32,
-        partitions: u32,
-        offset: u64,
-        shape: &[u32],
-        dtype: DType,
-    ) -> Self {
-        Self::with_dims(
-            Space::Psum,
-            start_partition,
-            partitions,
-            0,
-            offset,
-            &row_major(shape),
-            dtype,
-        )
+    pub fn psum(start_partition: u32, partitions: u32, offset: u64, shape: &[u32], dtype: DType) -> Self {
+        Self::with_dims(Space::Psum, start_partition, partitions, 0, offset, &row_major(shape), dtype)
     }
 
     /// A contiguous row-major HBM region `[rows, shape...]` at byte `offset`.
@@ -204,18 +159,12 @@ impl Ap {
 
     /// The innermost free dimension's stride in bytes.
     pub fn inner_stride_bytes(&self) -> i64 {
-        self.free_dims()
-            .last()
-            .map(|d| d.stride * self.dtype.size() as i64)
-            .unwrap_or(0)
+        self.free_dims().last().map(|d| d.stride * self.dtype.size() as i64).unwrap_or(0)
     }
 
     /// True when the innermost dimension is unit-stride (or has one element).
     pub fn inner_contiguous(&self) -> bool {
-        self.free_dims()
-            .last()
-            .map(|d| d.stride == 1 || d.size <= 1)
-            .unwrap_or(true)
+        self.free_dims().last().map(|d| d.stride == 1 || d.size <= 1).unwrap_or(true)
     }
 
     /// Relative element offsets (in elements, from `offset`) of one partition's
@@ -341,18 +290,7 @@ mod tests {
     #[test]
     fn strided_hbm_rows_are_separate_runs() {
         // 128 rows of 512 out of a 1024-wide matrix.
-        let h = Ap::new(
-            Space::Hbm,
-            0,
-            128,
-            1024,
-            0,
-            &[Dim {
-                stride: 1,
-                size: 512,
-            }],
-            DType::F32,
-        );
+        let h = Ap::new(Space::Hbm, 0, 128, 1024, 0, &[Dim { stride: 1, size: 512 }], DType::F32);
         assert_eq!(h.contiguous_runs(), (128, 2048));
         assert_eq!(h.byte_span(), Some((0, (127 * 1024 + 512) * 4)));
     }

@@ -45,18 +45,12 @@ impl Program {
         }
         let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
         if version != PROGRAM_VERSION {
-            return Err(BinaryError::Version {
-                found: version,
-                supported: PROGRAM_VERSION,
-            });
+            return Err(BinaryError::Version { found: version, supported: PROGRAM_VERSION });
         }
-        let (program, rest): (Program, &[u8]) = postcard::take_from_bytes(&bytes[8..])
-            .map_err(|e| BinaryError::Decode(e.to_string()))?;
+        let (program, rest): (Program, &[u8]) =
+            postcard::take_from_bytes(&bytes[8..]).map_err(|e| BinaryError::Decode(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(BinaryError::Decode(format!(
-                "{} trailing bytes after the program",
-                rest.len()
-            )));
+            return Err(BinaryError::Decode(format!("{} trailing bytes after the program", rest.len())));
         }
         Ok(program)
     }

@@ -256,11 +256,7 @@ pub struct Inst {
 impl Inst {
     /// An instruction on core 0 with no dependencies.
     pub fn new(op: Op) -> Self {
-        Inst {
-            op,
-            core: 0,
-            deps: Vec::new(),
-        }
+        Inst { op, core: 0, deps: Vec::new() }
     }
 }
 
@@ -311,56 +307,28 @@ impl Op {
         use Role::*;
         let mut v: Vec<(&'static str, &Ap, Role)> = Vec::with_capacity(4);
         match self {
-            Op::MatMul {
-                dst,
-                stationary,
-                moving,
-                ..
-            } => v.extend([
-                ("dst", dst, Write),
-                ("stationary", stationary, Read),
-                ("moving", moving, Read),
-            ]),
-            Op::Transpose { dst, src, .. }
-            | Op::Copy { dst, src, .. }
-            | Op::PartitionBroadcast { dst, src } => {
+            Op::MatMul { dst, stationary, moving, .. } => {
+                v.extend([("dst", dst, Write), ("stationary", stationary, Read), ("moving", moving, Read)])
+            }
+            Op::Transpose { dst, src, .. } | Op::Copy { dst, src, .. } | Op::PartitionBroadcast { dst, src } => {
                 v.extend([("dst", dst, Write), ("src", src, Read)])
             }
             Op::TensorTensor { dst, in0, in1, .. } => {
                 v.extend([("dst", dst, Write), ("in0", in0, Read), ("in1", in1, Read)])
             }
-            Op::TensorScalar {
-                dst,
-                src,
-                first,
-                second,
-                ..
-            } => {
+            Op::TensorScalar { dst, src, first, second, .. } => {
                 v.extend([("dst", dst, Write), ("src", src, Read)]);
                 if let Operand::PerPartition(ap) = &first.operand {
                     v.push(("operand0", ap, Read));
                 }
-                if let Some(ScalarStage {
-                    operand: Operand::PerPartition(ap),
-                    ..
-                }) = second
-                {
+                if let Some(ScalarStage { operand: Operand::PerPartition(ap), .. }) = second {
                     v.push(("operand1", ap, Read));
                 }
             }
             Op::TensorReduce { dst, src, .. }
             | Op::PartitionReduce { dst, src, .. }
-            | Op::PartitionShuffle { dst, src, .. } => {
-                v.extend([("dst", dst, Write), ("src", src, Read)])
-            }
-            Op::Activation {
-                dst,
-                src,
-                scale,
-                bias,
-                acc,
-                ..
-            } => {
+            | Op::PartitionShuffle { dst, src, .. } => v.extend([("dst", dst, Write), ("src", src, Read)]),
+            Op::Activation { dst, src, scale, bias, acc, .. } => {
                 v.push(("dst", dst, Write));
                 if let Some(acc) = acc {
                     v.push(("acc", acc, Write));
@@ -373,13 +341,7 @@ impl Op {
                     v.push(("bias", b, Read));
                 }
             }
-            Op::Select {
-                dst,
-                pred,
-                on_true,
-                on_false,
-                ..
-            } => v.extend([
+            Op::Select { dst, pred, on_true, on_false, .. } => v.extend([
                 ("dst", dst, Write),
                 ("pred", pred, Read),
                 ("on_true", on_true, Read),
@@ -387,13 +349,9 @@ impl Op {
             ]),
             Op::Iota { dst, .. } | Op::Memset { dst, .. } => v.push(("dst", dst, Write)),
             Op::DmaCopy { dst, src, .. } => v.extend([("dst", dst, Write), ("src", src, Read)]),
-            Op::DmaGather {
-                dst, table, index, ..
-            } => v.extend([
-                ("dst", dst, Write),
-                ("table", table, Read),
-                ("index", index, Read),
-            ]),
+            Op::DmaGather { dst, table, index, .. } => {
+                v.extend([("dst", dst, Write), ("table", table, Read), ("index", index, Read)])
+            }
         }
         v
     }
@@ -402,46 +360,24 @@ impl Op {
     pub fn operands_mut(&mut self) -> Vec<&mut Ap> {
         let mut v: Vec<&mut Ap> = Vec::with_capacity(4);
         match self {
-            Op::MatMul {
-                dst,
-                stationary,
-                moving,
-                ..
-            } => v.extend([dst, stationary, moving]),
-            Op::Transpose { dst, src, .. }
-            | Op::Copy { dst, src, .. }
-            | Op::PartitionBroadcast { dst, src } => v.extend([dst, src]),
+            Op::MatMul { dst, stationary, moving, .. } => v.extend([dst, stationary, moving]),
+            Op::Transpose { dst, src, .. } | Op::Copy { dst, src, .. } | Op::PartitionBroadcast { dst, src } => {
+                v.extend([dst, src])
+            }
             Op::TensorTensor { dst, in0, in1, .. } => v.extend([dst, in0, in1]),
-            Op::TensorScalar {
-                dst,
-                src,
-                first,
-                second,
-                ..
-            } => {
+            Op::TensorScalar { dst, src, first, second, .. } => {
                 v.extend([dst, src]);
                 if let Operand::PerPartition(ap) = &mut first.operand {
                     v.push(ap);
                 }
-                if let Some(ScalarStage {
-                    operand: Operand::PerPartition(ap),
-                    ..
-                }) = second
-                {
+                if let Some(ScalarStage { operand: Operand::PerPartition(ap), .. }) = second {
                     v.push(ap);
                 }
             }
             Op::TensorReduce { dst, src, .. }
             | Op::PartitionReduce { dst, src, .. }
             | Op::PartitionShuffle { dst, src, .. } => v.extend([dst, src]),
-            Op::Activation {
-                dst,
-                src,
-                scale,
-                bias,
-                acc,
-                ..
-            } => {
+            Op::Activation { dst, src, scale, bias, acc, .. } => {
                 v.push(dst);
                 if let Some(acc) = acc {
                     v.push(acc);
@@ -454,18 +390,10 @@ impl Op {
                     v.push(b);
                 }
             }
-            Op::Select {
-                dst,
-                pred,
-                on_true,
-                on_false,
-                ..
-            } => v.extend([dst, pred, on_true, on_false]),
+            Op::Select { dst, pred, on_true, on_false, .. } => v.extend([dst, pred, on_true, on_false]),
             Op::Iota { dst, .. } | Op::Memset { dst, .. } => v.push(dst),
             Op::DmaCopy { dst, src, .. } => v.extend([dst, src]),
-            Op::DmaGather {
-                dst, table, index, ..
-            } => v.extend([dst, table, index]),
+            Op::DmaGather { dst, table, index, .. } => v.extend([dst, table, index]),
         }
         v
     }
@@ -474,15 +402,11 @@ impl Op {
     /// element otherwise; 0 for data movement).
     pub fn flops(&self) -> u64 {
         match self {
-            Op::MatMul {
-                stationary, moving, ..
-            } => 2 * stationary.partitions as u64 * stationary.free_size() * moving.free_size(),
-            Op::TensorTensor { dst, .. } | Op::Activation { dst, .. } | Op::Select { dst, .. } => {
-                dst.elements()
+            Op::MatMul { stationary, moving, .. } => {
+                2 * stationary.partitions as u64 * stationary.free_size() * moving.free_size()
             }
-            Op::TensorScalar { dst, second, .. } => {
-                dst.elements() * if second.is_some() { 2 } else { 1 }
-            }
+            Op::TensorTensor { dst, .. } | Op::Activation { dst, .. } | Op::Select { dst, .. } => dst.elements(),
+            Op::TensorScalar { dst, second, .. } => dst.elements() * if second.is_some() { 2 } else { 1 },
             Op::TensorReduce { src, .. } | Op::PartitionReduce { src, .. } => src.elements(),
             _ => 0,
         }

@@ -18,12 +18,7 @@ pub enum Engine {
 
 impl Engine {
     /// All compute engines in display order.
-    pub const ALL: [Engine; 4] = [
-        Engine::Tensor,
-        Engine::Vector,
-        Engine::Scalar,
-        Engine::GpSimd,
-    ];
+    pub const ALL: [Engine; 4] = [Engine::Tensor, Engine::Vector, Engine::Scalar, Engine::GpSimd];
 
     /// Text prefix of the engine (`pe`, `dve`, `act`, `pool`).
     pub const fn prefix(self) -> &'static str {
@@ -47,9 +42,7 @@ impl Engine {
 
     /// Parses a prefix or a human name.
     pub fn parse(s: &str) -> Option<Engine> {
-        Engine::ALL
-            .into_iter()
-            .find(|e| e.prefix() == s || e.name() == s)
+        Engine::ALL.into_iter().find(|e| e.prefix() == s || e.name() == s)
     }
 }
 
@@ -149,10 +142,7 @@ text_enum! {
 impl AluOp {
     /// True for the bitwise operators, which need integer dtypes (HW-OP-BITVEC).
     pub const fn is_bitwise(self) -> bool {
-        matches!(
-            self,
-            AluOp::BitAnd | AluOp::BitOr | AluOp::BitXor | AluOp::ShiftLeft | AluOp::ShiftRight
-        )
+        matches!(self, AluOp::BitAnd | AluOp::BitOr | AluOp::BitXor | AluOp::ShiftLeft | AluOp::ShiftRight)
     }
 
     /// True for operators that are legal reductions (HW-OP-ARITH, HW-OP-BITVEC).
@@ -285,9 +275,7 @@ impl ActFn {
                 let c = (2.0 / std::f64::consts::PI).sqrt();
                 (0.5 * x64 * (1.0 + (c * (x64 + 0.044715 * x64 * x64 * x64)).tanh())) as f32
             }
-            ActFn::GeluErf => {
-                (0.5 * x as f64 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2))) as f32
-            }
+            ActFn::GeluErf => (0.5 * x as f64 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2))) as f32,
             ActFn::Silu => x * sigmoid(x),
             ActFn::Softplus => {
                 let x64 = x as f64;
@@ -381,11 +369,7 @@ mod tests {
             (3.0, 0.999_977_909_503_001_4),
             (-1.0, -0.842_700_792_949_714_9),
         ] {
-            assert!(
-                (erf(x) - want).abs() < 1e-14,
-                "erf({x}) = {} want {want}",
-                erf(x)
-            );
+            assert!((erf(x) - want).abs() < 1e-14, "erf({x}) = {} want {want}", erf(x));
         }
     }
 
@@ -397,10 +381,7 @@ mod tests {
         for f in ActFn::ALL {
             assert_eq!(f.name().parse::<ActFn>().unwrap(), *f);
         }
-        assert!("frobnicate"
-            .parse::<AluOp>()
-            .unwrap_err()
-            .contains("frobnicate"));
+        assert!("frobnicate".parse::<AluOp>().unwrap_err().contains("frobnicate"));
     }
 
     #[test]

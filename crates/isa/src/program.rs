@@ -28,9 +28,7 @@ impl TensorKind {
 
     /// Parses a text name.
     pub fn parse(s: &str) -> Option<Self> {
-        [TensorKind::Input, TensorKind::Output, TensorKind::Scratch]
-            .into_iter()
-            .find(|k| k.name() == s)
+        [TensorKind::Input, TensorKind::Output, TensorKind::Scratch].into_iter().find(|k| k.name() == s)
     }
 }
 
@@ -90,11 +88,7 @@ pub struct Program {
 impl Program {
     /// An empty program.
     pub fn new(name: impl Into<String>) -> Self {
-        Program {
-            name: name.into(),
-            tensors: Vec::new(),
-            insts: Vec::new(),
-        }
+        Program { name: name.into(), tensors: Vec::new(), insts: Vec::new() }
     }
 
     /// Appends an instruction and returns its id.
@@ -115,10 +109,6 @@ impl Program {
 
     /// Number of cores used (highest core index + 1).
     pub fn cores_used(&self) -> u32 {
-        self.insts
-            .iter()
-            .map(|i| i.core as u32 + 1)
-            .max()
-            .unwrap_or(1)
+        self.insts.iter().map(|i| i.core as u32 + 1).max().unwrap_or(1)
     }
 }
