@@ -1,0 +1,161 @@
+//! The one error type of the builder.
+
+use trainyard_isa::Space;
+
+/// Why a kernel could not be built. Every message names the instruction,
+/// operand, tile or tensor at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BuildError {
+    /// The SBUF of a core has no free block large enough.
+    #[error(
+        "out of SBUF on core {core}: {tile} needs {requested} bytes per partition, \
+         {free} free (largest free block {largest})"
+    )]
+    OutOfSbuf {
+        /// Core whose SBUF is full.
+        core: u16,
+        /// The tile being allocated.
+        tile: String,
+        /// Bytes per partition requested (after alignment).
+        requested: u64,
+        /// Bytes per partition free in total.
+        free: u64,
+        /// Largest free block, bytes per partition.
+        largest: u64,
+    },
+    /// The PSUM of a core has no free block large enough (or none that respects the bank rule).
+    #[error(
+        "out of PSUM on core {core}: {tile} needs {requested} bytes per partition, \
+         {free} free (largest free block {largest})"
+    )]
+    OutOfPsum {
+        /// Core whose PSUM is full.
+        core: u16,
+        /// The tile being allocated.
+        tile: String,
+        /// Bytes per partition requested (after alignment).
+        requested: u64,
+        /// Bytes per partition free in total.
+        free: u64,
+        /// Largest free block, bytes per partition.
+        largest: u64,
+    },
+    /// The chip's HBM cannot hold another tensor.
+    #[error("out of HBM: tensor `{tensor}` needs {requested} bytes, {free} free")]
+    OutOfHbm {
+        /// The tensor being declared.
+        tensor: String,
+        /// Its size in bytes.
+        requested: u64,
+        /// Bytes left.
+        free: u64,
+    },
+    /// A tile asks for more partitions than the memory has, or for none.
+    #[error("{tile}: {partitions} partitions requested, the memory has 1..={max}")]
+    BadPartitions {
+        /// The tile being allocated.
+        tile: String,
+        /// Partitions asked for.
+        partitions: usize,
+        /// Partitions of the memory.
+        max: u32,
+    },
+    /// Two HBM tensors with one name.
+    #[error("tensor `{name}` is declared twice")]
+    DuplicateTensor {
+        /// The name.
+        name: String,
+    },
+    /// A tensor or tile shape that cannot be used (empty, zero-sized, too large).
+    #[error("{what}: bad shape {shape:?}: {message}")]
+    BadShape {
+        /// Tensor or tile.
+        what: String,
+        /// The shape given.
+        shape: Vec<usize>,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// `core(c)` with a core the chip does not have.
+    #[error("core {core} does not exist (the chip has {cores} cores)")]
+    NoSuchCore {
+        /// Requested core.
+        core: u16,
+        /// Cores of the chip.
+        cores: u32,
+    },
+    /// A DMA queue the core does not have.
+    #[error("DMA queue {queue} does not exist (a core has {queues} queues)")]
+    NoSuchQueue {
+        /// Requested queue.
+        queue: u32,
+        /// Queues per core.
+        queues: u32,
+    },
+    /// An instruction uses a tile that lives on another core.
+    #[error("{inst}: operand `{operand}` is {tile} on core {tile_core}, but instructions go to core {core}")]
+    WrongCore {
+        /// Instruction (`matmul %12`).
+        inst: String,
+        /// Operand name.
+        operand: &'static str,
+        /// The tile.
+        tile: String,
+        /// Core holding the tile.
+        tile_core: u16,
+        /// Current core of the builder.
+        core: u16,
+    },
+    /// A view operation that does not fit the viewed tensor or tile.
+    #[error("{view}: {message}")]
+    View {
+        /// The view expression at fault (`sbuf#3.cols(0..600)`).
+        view: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An operand whose view could not be turned into an access pattern.
+    #[error("{inst}: operand `{operand}`: {source}")]
+    Operand {
+        /// Instruction (`matmul %12`).
+        inst: String,
+        /// Operand name.
+        operand: &'static str,
+        /// The underlying error.
+        source: Box<BuildError>,
+    },
+    /// An operand in a memory space the instruction cannot use.
+    #[error("{inst}: operand `{operand}` is in {got}, expected {expected}")]
+    WrongSpace {
+        /// Instruction (`matmul %12`).
+        inst: String,
+        /// Operand name.
+        operand: &'static str,
+        /// Its space.
+        got: Space,
+        /// The space(s) allowed.
+        expected: &'static str,
+    },
+    /// Operand shapes that do not agree.
+    #[error("{inst}: {message}")]
+    Shape {
+        /// Instruction (`matmul %12`).
+        inst: String,
+        /// The mismatch, with the shapes.
+        message: String,
+    },
+    /// `free` of a tile that is not allocated (freed twice, or from another builder).
+    #[error("{tile} is not allocated on core {core} (freed twice?)")]
+    NotAllocated {
+        /// The tile.
+        tile: String,
+        /// Its core.
+        core: u16,
+    },
+    /// More instructions than an instruction id can number.
+    #[error("program has more than {max} instructions")]
+    TooManyInstructions {
+        /// The limit.
+        max: u64,
+    },
+}
