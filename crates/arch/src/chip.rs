@@ -297,7 +297,7 @@ impl ChipSpec {
             }
             positive(&format!("core.{name}.bytes_per_partition"), s.bytes_per_partition as f64)?;
         }
-        if k.psum.banks == 0 || k.psum.bytes_per_partition % k.psum.banks != 0 {
+        if k.psum.banks == 0 || !k.psum.bytes_per_partition.is_multiple_of(k.psum.banks) {
             return Err(bad(
                 "core.psum.banks",
                 format!(

@@ -6,6 +6,9 @@
 //! [`Ap`] method that can panic: shapes and spans are computed here in 128-bit
 //! arithmetic from at most [`MAX_FREE_DIMS`] dims.
 //!
+//! HW-ISA-XPART (1:1 partition mapping, halves/quadrants may differ) needs no
+//! rule of its own: equal partition counts plus HW-ISA-AP-PART imply it.
+//!
 //! Not checked here (they need dataflow, done by the simulator): matmul
 //! accumulation groups (HW-ISA-MATMUL-ACC), PSUM overlap patterns
 //! (HW-ISA-PSUM-OVERLAP), races between engines.
@@ -201,7 +204,7 @@ impl<'a> Hbm<'a> {
             } else if let Some(first) = seen.insert(&t.name, i) {
                 err(t, None, format!("declared twice (tensors #{first} and #{i})"));
             }
-            if t.offset % t.dtype.size() as u64 != 0 {
+            if !t.offset.is_multiple_of(t.dtype.size() as u64) {
                 err(t, None, format!("offset {} is not a multiple of the {} size", t.offset, t.dtype.name()));
             }
             let Some((start, end)) = decl_span(t) else {
@@ -230,7 +233,7 @@ impl<'a> Hbm<'a> {
                     );
                 }
             }
-            if reach.map_or(true, |(e, _)| end > e) {
+            if reach.is_none_or(|(e, _)| end > e) {
                 reach = Some((end, i));
             }
         }
@@ -320,7 +323,7 @@ impl Cx<'_> {
             self.op_err(name, Some("HW-ISA-AP-PART"), "covers 0 partitions".into());
             ok = false;
         }
-        if ap.offset % ap.dtype.size() as u64 != 0 {
+        if !ap.offset.is_multiple_of(ap.dtype.size() as u64) {
             let msg =
                 format!("offset {} is not a multiple of the {} size {}", ap.offset, ap.dtype.name(), ap.dtype.size());
             self.op_err(name, None, msg);
@@ -406,7 +409,7 @@ impl Cx<'_> {
             0 => true,
             c if c > HALF => start == 0,
             c if c > QUADRANT => start == 0 || start == HALF,
-            _ => start % QUADRANT == 0,
+            _ => start.is_multiple_of(QUADRANT),
         };
         if !start_ok {
             let allowed = match count {
@@ -886,4 +889,417 @@ fn deadlock(program: &Program) -> Option<ValidationError> {
         message: format!("deadlock: {} (each waits on the next, by dependency or queue order)", ids.join(" waits on ")),
         rule: Some("HW-NC-ENGINES"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use trainyard_arch::ChipSpec;
+
+    use super::*;
+    use crate::ops::ActFn;
+    use crate::program::TensorKind;
+
+    const BF: DType = DType::Bf16;
+    const F32: DType = DType::F32;
+
+    fn chip(name: &str) -> ChipSpec {
+        ChipSpec::by_name(name).unwrap()
+    }
+
+    fn decl(name: &str, kind: TensorKind, dtype: DType, shape: &[u64], offset: u64) -> TensorDecl {
+        TensorDecl { name: name.into(), kind, dtype, shape: shape.to_vec(), offset }
+    }
+
+    // HBM: a [128,128] bf16 @0, b [128,512] bf16 @32768, c [128,512] f32 @163840.
+    fn tensors() -> Vec<TensorDecl> {
+        vec![
+            decl("a", TensorKind::Input, BF, &[128, 128], 0),
+            decl("b", TensorKind::Input, BF, &[128, 512], 32768),
+            decl("c", TensorKind::Output, F32, &[128, 512], 163840),
+        ]
+    }
+
+    fn sa() -> Ap {
+        Ap::sbuf(0, 128, 0, &[128], BF)
+    }
+    fn sb() -> Ap {
+        Ap::sbuf(0, 128, 256, &[512], BF)
+    }
+    fn sc() -> Ap {
+        Ap::sbuf(0, 128, 1280, &[512], F32)
+    }
+    fn acc() -> Ap {
+        Ap::psum(0, 128, 0, &[512], F32)
+    }
+    fn mm(dst: Ap, stationary: Ap, moving: Ap) -> Op {
+        Op::MatMul { dst, stationary, moving, start: true, stop: true }
+    }
+    fn dma(queue: u8, dst: Ap, src: Ap) -> Op {
+        Op::DmaCopy { queue, dst, src }
+    }
+    fn copy(engine: Engine, dst: Ap, src: Ap) -> Op {
+        Op::Copy { engine, dst, src }
+    }
+    fn tt(engine: Engine, op: AluOp, dst: Ap, in0: Ap, in1: Ap) -> Op {
+        Op::TensorTensor { engine, op, dst, in0, in1 }
+    }
+    fn stage(op: AluOp, operand: Operand) -> ScalarStage {
+        ScalarStage { op, operand, reverse: false }
+    }
+    fn ts(engine: Engine, dst: Ap, src: Ap, first: ScalarStage, second: Option<ScalarStage>) -> Op {
+        Op::TensorScalar { engine, dst, src, first, second }
+    }
+    fn reduce(op: AluOp, dst: Ap, src: Ap, axes: u8, negate: bool) -> Op {
+        Op::TensorReduce { engine: Engine::Vector, op, dst, src, axes, negate }
+    }
+    fn act(dst: Ap, src: Ap, scale: Operand, bias: Option<Ap>, acc: Option<Ap>) -> Op {
+        Op::Activation { func: ActFn::Exp, dst, src, scale, bias, acc }
+    }
+    fn ints(p: u32, off: u64, f: u32) -> Ap {
+        Ap::sbuf(0, p, off, &[f], DType::I32)
+    }
+
+    /// DMA two tiles in, matmul, copy PSUM → SBUF, DMA out.
+    fn valid() -> Program {
+        let mut p = Program::new("mm");
+        p.tensors = tensors();
+        let a = p.push(Inst::new(dma(0, sa(), Ap::hbm(0, 128, &[128], BF))));
+        let b = p.push(Inst::new(dma(1, sb(), Ap::hbm(32768, 128, &[512], BF))));
+        let m = p.push(Inst { deps: vec![a, b], ..Inst::new(mm(acc(), sa(), sb())) });
+        let c = p.push(Inst { deps: vec![m], ..Inst::new(copy(Engine::Vector, sc(), acc())) });
+        p.push(Inst { deps: vec![c], ..Inst::new(dma(0, Ap::hbm(163840, 128, &[512], F32), sc())) });
+        p
+    }
+
+    fn with(op: Op) -> Program {
+        let mut p = valid();
+        p.push(Inst::new(op));
+        p
+    }
+
+    /// The first error is on the last instruction, names it and breaks `rule`.
+    fn expect(p: &Program, chip: &ChipSpec, operand: Option<&str>, rule: Option<&str>) -> ValidationError {
+        let err = validate(p, chip).expect_err("program should be rejected");
+        let last = p.insts.last().unwrap();
+        let id = InstId(p.insts.len() as u32 - 1);
+        let text = err.to_string();
+        assert_eq!((err.inst(), err.operand(), err.rule()), (Some(id), operand, rule), "{text}");
+        assert!(text.starts_with(&format!("{id} {}: ", last.op.mnemonic())), "{text}");
+        if let Some(o) = operand {
+            assert!(text.contains(&format!("operand `{o}`")), "{text}");
+        }
+        err
+    }
+
+    #[test]
+    fn valid_program_passes_on_every_bundled_chip() {
+        for chip in ChipSpec::bundled().unwrap() {
+            assert_eq!(validate_all(&valid(), &chip), vec![], "{}", chip.name);
+        }
+    }
+
+    #[test]
+    fn moving_640_fails_on_trn2_passes_on_trn3() {
+        let wide = Ap::sbuf(0, 128, 4096, &[640], BF);
+        let p = with(mm(Ap::psum(0, 128, 0, &[640], F32), sa(), wide));
+        let err = expect(&p, &chip("trn2"), Some("moving"), Some("HW-ISA-MATMUL"));
+        assert_eq!(
+            err.to_string(),
+            "%5 matmul: operand `moving`: free size 640 exceeds the moving limit 512 of trn2 (HW-ISA-MATMUL)"
+        );
+        assert_eq!(validate(&p, &chip("trn3")), Ok(()));
+        // BF16 results (v4 only) allow twice the moving free size.
+        let p = with(mm(Ap::psum(0, 128, 0, &[8192], BF), sa(), Ap::sbuf(0, 128, 4096, &[8192], BF)));
+        assert_eq!(validate(&p, &chip("trn3")), Ok(()));
+        expect(&p, &chip("trn2"), Some("moving"), Some("HW-ISA-MATMUL"));
+    }
+
+    /// (label, chip, broken op, operand at fault, rule broken).
+    type Case = (&'static str, &'static str, Op, Option<&'static str>, Option<&'static str>);
+
+    #[test]
+    fn each_broken_rule_names_instruction_and_operand() {
+        use Engine::*;
+        let pp = |p: u32, f: u32| Operand::PerPartition(Ap::sbuf(0, p, 8192, &[f], F32));
+        let mut bad_ndims = sc();
+        bad_ndims.ndims = 7;
+        let mut zero_dim = sc();
+        zero_dim.dims[0].size = 0;
+        let mut strided = sc();
+        strided.partition_stride = 512;
+        let big = |off| Ap::sbuf(0, 1, off, &[70000], DType::U8);
+        let wide_stride = |off| {
+            Ap::new(Space::Sbuf, 0, 1, 0, off, &[Dim { stride: 40000, size: 2 }, Dim { stride: 1, size: 4 }], DType::U8)
+        };
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            // Access patterns.
+            ("ndims 7", "trn2", copy(Vector, bad_ndims, sc()), Some("dst"), Some("HW-ISA-AP-FREE")),
+            ("dim size 0", "trn2", copy(Vector, sc(), zero_dim), Some("src"), Some("HW-ISA-AP-FREE")),
+            ("0 partitions", "trn2", dma(0, Ap::sbuf(0, 0, 0, &[4], F32), Ap::hbm(0, 0, &[4], F32)), Some("dst"), Some("HW-ISA-AP-PART")),
+            ("past partition 128", "trn2", dma(0, Ap::sbuf(64, 128, 0, &[64], BF), Ap::hbm(0, 128, &[64], BF)), Some("dst"), Some("HW-NC-PART")),
+            ("partition stride", "trn2", copy(Vector, strided, sc()), Some("dst"), Some("HW-ISA-AP-PART")),
+            ("past partition end", "trn1", copy(Vector, Ap::sbuf(0, 128, 196608 - 1024, &[512], F32), sc()), Some("dst"), Some("HW-NC-PART")),
+            ("negative offset", "trn2", copy(Vector, Ap::new(Space::Sbuf, 0, 128, 0, 0, &[Dim { stride: -1, size: 4 }], F32), Ap::sbuf(0, 128, 0, &[4], F32)), Some("dst"), Some("HW-NC-PART")),
+            ("past psum", "trn2", copy(Vector, Ap::sbuf(0, 128, 0, &[4096], F32), Ap::psum(0, 128, 4, &[4096], F32)), Some("src"), Some("HW-NC-PART")),
+            ("hbm straddle", "trn2", dma(0, sa(), Ap::hbm(32768 - 256, 128, &[128], BF)), Some("src"), None),
+            ("hbm outside", "trn2", dma(0, sa(), Ap::hbm(1 << 30, 128, &[128], BF)), Some("src"), None),
+            ("hbm start partition", "trn2", dma(0, sa(), Ap { start_partition: 1, ..Ap::hbm(0, 128, &[128], BF) }), Some("src"), Some("HW-MEM-HBM-LINEAR")),
+            ("misaligned", "trn2", copy(Vector, Ap::sbuf(0, 128, 2, &[4], F32), Ap::sbuf(0, 128, 64, &[4], F32)), Some("dst"), None),
+            ("compute reads hbm", "trn2", copy(Vector, sc(), Ap::hbm(163840, 128, &[512], F32)), Some("src"), Some("HW-ISA-SPACES")),
+            ("gpsimd psum", "trn2", copy(GpSimd, sc(), acc()), Some("src"), Some("HW-NC-POOL-SBUF")),
+            ("start 32 of 64", "trn2", copy(Vector, Ap::sbuf(32, 64, 0, &[4], F32), Ap::sbuf(0, 64, 64, &[4], F32)), Some("dst"), Some("HW-ISA-AP-PART")),
+            ("start 16 of 16", "trn2", copy(Vector, Ap::sbuf(0, 16, 0, &[4], F32), Ap::sbuf(16, 16, 64, &[4], F32)), Some("src"), Some("HW-ISA-AP-PART")),
+            ("dim size > u16", "trn2", copy(GpSimd, big(0), big(70000)), Some("dst"), Some("HW-ISA-AP-FREE")),
+            ("stride > i16", "trn2", copy(GpSimd, wide_stride(0), Ap::sbuf(0, 1, 90000, &[8], DType::U8)), Some("dst"), Some("HW-ISA-AP-FREE")),
+            ("vector psum > 4K", "trn2", copy(Vector, Ap::sbuf(0, 1, 0, &[5000], BF), Ap::psum(0, 1, 0, &[5000], BF)), Some("src"), Some("HW-ISA-TILE")),
+            // matmul
+            ("stationary in psum", "trn2", mm(acc(), Ap::psum(0, 128, 4096, &[128], BF), sb()), Some("stationary"), Some("HW-ISA-MATMUL")),
+            ("dst in sbuf", "trn2", mm(sc(), sa(), sb()), Some("dst"), Some("HW-ISA-MATMUL")),
+            ("K mismatch", "trn2", mm(acc(), sa(), Ap::sbuf(0, 64, 256, &[512], BF)), Some("moving"), Some("HW-ISA-MATMUL")),
+            ("M > cols", "trn2", mm(acc(), Ap::sbuf(0, 128, 0, &[256], BF), sb()), Some("stationary"), Some("HW-ISA-MATMUL")),
+            ("dst partitions", "trn2", mm(Ap::psum(0, 64, 0, &[512], F32), sa(), sb()), Some("dst"), Some("HW-ISA-MATMUL")),
+            ("dst free", "trn2", mm(Ap::psum(0, 128, 0, &[256], F32), sa(), sb()), Some("dst"), Some("HW-ISA-MATMUL")),
+            ("int input", "trn2", mm(acc(), Ap::sbuf(0, 128, 0, &[128], DType::I8), sb()), Some("stationary"), Some("HW-ISA-MATMUL-DT")),
+            ("f32 with bf16", "trn2", mm(acc(), Ap::sbuf(0, 128, 0, &[128], F32), sb()), Some("moving"), Some("HW-ISA-MATMUL-DT")),
+            ("bf16 dst on v3", "trn2", mm(Ap::psum(0, 128, 0, &[512], BF), sa(), sb()), Some("dst"), Some("HW-ISA-MATMUL-DT")),
+            ("crosses a bank", "trn1", mm(Ap::psum(0, 128, 1024, &[512], F32), sa(), sb()), Some("dst"), Some("HW-ISA-MATMUL")),
+            // transpose
+            ("pe transpose from psum", "trn2", Op::Transpose { engine: Tensor, dst: Ap::psum(0, 64, 0, &[128], BF), src: Ap::psum(0, 128, 4096, &[64], BF) }, Some("src"), Some("HW-ISA-TRANSPOSE")),
+            ("pe transpose shape", "trn2", Op::Transpose { engine: Tensor, dst: Ap::psum(0, 64, 0, &[64], BF), src: Ap::sbuf(0, 128, 0, &[64], BF) }, Some("dst"), Some("HW-ISA-TRANSPOSE")),
+            ("pe transpose dtype", "trn2", Op::Transpose { engine: Tensor, dst: Ap::psum(0, 64, 0, &[128], DType::F16), src: Ap::sbuf(0, 128, 0, &[64], BF) }, Some("dst"), Some("HW-ISA-TRANSPOSE")),
+            ("dve transpose 64", "trn2", Op::Transpose { engine: Vector, dst: Ap::sbuf(0, 64, 0, &[64], BF), src: Ap::sbuf(0, 64, 256, &[64], BF) }, Some("src"), Some("HW-ISA-TRANSPOSE")),
+            ("act transpose", "trn2", Op::Transpose { engine: Scalar, dst: Ap::sbuf(0, 32, 0, &[32], BF), src: Ap::sbuf(0, 32, 256, &[32], BF) }, None, Some("HW-ISA-TRANSPOSE")),
+            // tensor_tensor
+            ("tt on scalar", "trn2", tt(Scalar, AluOp::Add, sc(), sc(), sc()), None, Some("HW-ISA-TT")),
+            ("pow on vector", "trn2", tt(Vector, AluOp::Pow, sc(), sc(), sc()), None, Some("HW-OP-ARITH")),
+            ("tt shape", "trn2", tt(Vector, AluOp::Add, sc(), sc(), Ap::sbuf(0, 64, 0, &[512], F32)), Some("in1"), Some("HW-ISA-TT")),
+            ("tt both psum", "trn2", tt(Vector, AluOp::Add, sc(), acc(), acc()), Some("in1"), Some("HW-ISA-TT")),
+            ("bitwise float", "trn2", tt(Vector, AluOp::BitAnd, ints(128, 0, 8), ints(128, 64, 8), Ap::sbuf(0, 128, 128, &[8], F32)), Some("in1"), Some("HW-OP-BITVEC")),
+            // tensor_scalar
+            ("ts on tensor", "trn2", ts(Tensor, sc(), sc(), stage(AluOp::Mul, Operand::Imm(2.0)), None), None, Some("HW-ISA-TS")),
+            ("ts operand [P,2]", "trn2", ts(Vector, sc(), sc(), stage(AluOp::Mul, pp(128, 2)), None), Some("operand0"), Some("HW-ISA-TS")),
+            ("ts operand1 P", "trn2", ts(Vector, sc(), sc(), stage(AluOp::Mul, Operand::Imm(2.0)), Some(stage(AluOp::Add, pp(64, 1)))), Some("operand1"), Some("HW-ISA-TS")),
+            ("ts bitwise on gpsimd", "trn2", ts(GpSimd, ints(128, 0, 8), ints(128, 64, 8), stage(AluOp::ShiftLeft, Operand::Imm(1.0)), None), None, Some("HW-ISA-TS")),
+            ("ts mixed classes", "trn2", ts(Vector, ints(128, 0, 8), ints(128, 64, 8), stage(AluOp::Add, Operand::Imm(1.0)), Some(stage(AluOp::BitAnd, Operand::Imm(1.0)))), None, Some("HW-ISA-TS")),
+            ("ts act pair v3", "trn2", ts(Scalar, sc(), sc(), stage(AluOp::Sub, Operand::Imm(1.0)), None), None, Some("HW-ISA-TS")),
+            ("ts act pair v4", "trn3", ts(Scalar, sc(), sc(), stage(AluOp::Max, Operand::Imm(1.0)), None), None, Some("HW-ISA-ACTIVATE2")),
+            // tensor_reduce
+            ("reduce pow", "trn2", reduce(AluOp::Pow, Ap::sbuf(0, 128, 0, &[1], F32), sc(), 1, false), None, Some("HW-OP-ARITH")),
+            ("reduce 0 axes", "trn2", reduce(AluOp::Add, Ap::sbuf(0, 128, 0, &[1], F32), sc(), 0, false), None, Some("HW-ISA-TREDUCE")),
+            ("reduce 2 axes of 1", "trn2", reduce(AluOp::Add, Ap::sbuf(0, 128, 0, &[1], F32), sc(), 2, false), None, Some("HW-ISA-TREDUCE")),
+            ("reduce dst free", "trn2", reduce(AluOp::Max, Ap::sbuf(0, 128, 0, &[8], F32), Ap::sbuf(0, 128, 64, &[4, 16], F32), 1, false), Some("dst"), Some("HW-ISA-TREDUCE")),
+            ("reduce dst P", "trn2", reduce(AluOp::Max, Ap::sbuf(0, 64, 0, &[1], F32), sc(), 1, false), Some("dst"), Some("HW-ISA-TREDUCE")),
+            ("negate bitwise", "trn2", reduce(AluOp::BitOr, ints(128, 0, 1), ints(128, 64, 8), 1, true), None, Some("HW-ISA-TREDUCE")),
+            // activation
+            ("act shape", "trn2", act(sc(), Ap::sbuf(0, 128, 0, &[256], F32), Operand::Imm(1.0), None, None), Some("src"), Some("HW-ISA-ACTIVATION")),
+            ("act bias [P,2]", "trn2", act(sc(), sc(), Operand::Imm(1.0), Some(Ap::sbuf(0, 128, 0, &[2], F32)), None), Some("bias"), Some("HW-ISA-ACTIVATION")),
+            ("act scale P", "trn2", act(sc(), sc(), pp(64, 1), None, None), Some("scale"), Some("HW-ISA-ACTIVATION")),
+            ("act acc bf16", "trn2", act(sc(), sc(), Operand::Imm(1.0), None, Some(Ap::sbuf(0, 128, 0, &[1], BF))), Some("acc"), Some("HW-STATE-ACT-ACC")),
+            // copy, select, iota, memset
+            ("copy on pe", "trn2", copy(Tensor, sc(), Ap::sbuf(0, 128, 8192, &[512], F32)), None, Some("HW-ISA-COPY")),
+            ("act copy on v2", "trn1", copy(Scalar, sc(), acc()), None, Some("HW-ISA-COPY")),
+            ("copy shape", "trn2", copy(Vector, sc(), Ap::sbuf(0, 128, 8192, &[256], F32)), Some("src"), Some("HW-ISA-COPY")),
+            ("select shape", "trn2", Op::Select { engine: Vector, dst: sc(), pred: sc(), on_true: sc(), on_false: Ap::sbuf(0, 128, 0, &[1], F32) }, Some("on_false"), Some("HW-ISA-SELECT")),
+            ("select on act", "trn2", Op::Select { engine: Scalar, dst: sc(), pred: sc(), on_true: sc(), on_false: sc() }, None, Some("HW-ISA-SELECT")),
+            ("iota to psum", "trn2", Op::Iota { dst: Ap::psum(0, 128, 0, &[8], DType::I32), base: 0, channel_multiplier: 1, steps: [1, 0, 0, 0] }, Some("dst"), Some("HW-NC-POOL-SBUF")),
+            ("memset on act", "trn2", Op::Memset { engine: Scalar, dst: sc(), value: 0.0 }, None, Some("HW-ISA-COPY")),
+            // cross-partition
+            ("partition reduce P", "trn2", Op::PartitionReduce { op: AluOp::Add, dst: Ap::sbuf(0, 2, 0, &[8], F32), src: Ap::sbuf(0, 128, 64, &[8], F32) }, Some("dst"), Some("HW-ISA-TREDUCE")),
+            ("partition reduce min", "trn2", Op::PartitionReduce { op: AluOp::Min, dst: Ap::sbuf(0, 1, 0, &[8], F32), src: Ap::sbuf(0, 128, 64, &[8], F32) }, None, Some("HW-ISA-TREDUCE")),
+            ("partition reduce free", "trn2", Op::PartitionReduce { op: AluOp::Max, dst: Ap::sbuf(0, 1, 0, &[4], F32), src: Ap::sbuf(0, 128, 64, &[8], F32) }, Some("dst"), Some("HW-ISA-TREDUCE")),
+            ("broadcast from 2", "trn2", Op::PartitionBroadcast { dst: Ap::sbuf(0, 128, 0, &[8], F32), src: Ap::sbuf(0, 2, 64, &[8], F32) }, Some("src"), Some("HW-ISA-XPART")),
+            ("shuffle length", "trn2", Op::PartitionShuffle { dst: Ap::sbuf(0, 4, 0, &[8], F32), src: Ap::sbuf(0, 4, 64, &[8], F32), perm: vec![3, 2, 1] }, Some("dst"), Some("HW-ISA-SHUFFLE")),
+            ("shuffle entry", "trn2", Op::PartitionShuffle { dst: Ap::sbuf(0, 4, 0, &[8], F32), src: Ap::sbuf(0, 4, 64, &[8], F32), perm: vec![3, 2, 1, 4] }, Some("src"), Some("HW-ISA-SHUFFLE")),
+            // DMA
+            ("dma queue", "trn2", dma(16, sa(), Ap::hbm(0, 128, &[128], BF)), None, Some("HW-NC-DMA")),
+            ("dma elements", "trn2", dma(0, sa(), Ap::hbm(0, 64, &[128], BF)), Some("dst"), Some("HW-ISA-DMACOPY")),
+            ("gather index dtype", "trn2", Op::DmaGather { queue: 0, dst: sb(), table: Ap::hbm(32768, 128, &[512], BF), index: Ap::sbuf(0, 128, 8192, &[1], F32) }, Some("index"), Some("HW-ISA-DMACOPY")),
+            ("gather index [P,2]", "trn2", Op::DmaGather { queue: 0, dst: sb(), table: Ap::hbm(32768, 128, &[512], BF), index: ints(128, 8192, 2) }, Some("index"), Some("HW-ISA-DMACOPY")),
+            ("gather row size", "trn2", Op::DmaGather { queue: 0, dst: sb(), table: Ap::hbm(0, 128, &[128], BF), index: ints(128, 8192, 1) }, Some("dst"), Some("HW-ISA-DMACOPY")),
+            ("gather table in sbuf", "trn2", Op::DmaGather { queue: 0, dst: sb(), table: Ap::sbuf(0, 128, 4096, &[512], BF), index: ints(128, 8192, 1) }, Some("table"), Some("HW-ISA-DMACOPY")),
+        ];
+        for (label, chip_name, op, operand, rule) in cases {
+            let p = with(op);
+            let chip = chip(chip_name);
+            let err = validate(&p, &chip).expect_err(label);
+            let text = err.to_string();
+            let id = InstId(5);
+            assert_eq!((err.inst(), err.operand(), err.rule()), (Some(id), operand, rule), "{label}: {text}");
+            assert!(text.starts_with(&format!("%5 {}: ", p.insts[5].op.mnemonic())), "{label}: {text}");
+            if let Some(o) = operand {
+                assert!(text.contains(&format!("operand `{o}`")), "{label}: {text}");
+            }
+            if let Some(r) = rule {
+                assert!(text.ends_with(&format!("({r})")), "{label}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn generation_dependent_rules_pass_where_allowed() {
+        let trn3 = chip("trn3");
+        let ok = [
+            mm(Ap::psum(0, 128, 0, &[512], BF), sa(), sb()),
+            mm(Ap::psum(0, 128, 1024, &[512], F32), sa(), sb()),
+            ts(Engine::Scalar, sc(), sc(), stage(AluOp::Sub, Operand::Imm(1.0)), None),
+        ];
+        for op in ok {
+            assert_eq!(validate(&with(op.clone()), &trn3), Ok(()), "{op:?}");
+        }
+        assert_eq!(validate(&with(copy(Engine::Scalar, sc(), acc())), &chip("trn2")), Ok(()));
+    }
+
+    #[test]
+    fn hbm_errors_name_the_tensors() {
+        let err = expect(&with(dma(0, sa(), Ap::hbm(32768 - 256, 128, &[128], BF))), &chip("trn2"), Some("src"), None);
+        let text = err.to_string();
+        assert!(text.contains("`a` [0, 32768)") && text.contains("`b`"), "{text}");
+        let err = expect(&with(dma(0, sa(), Ap::hbm(1 << 30, 128, &[128], BF))), &chip("trn2"), Some("src"), None);
+        assert!(err.to_string().contains("outside every declared tensor"), "{err}");
+    }
+
+    #[test]
+    fn instruction_level_errors() {
+        let trn2 = chip("trn2");
+        let mut p = valid();
+        p.insts[4].core = 8;
+        let err = validate(&p, &trn2).unwrap_err();
+        assert_eq!((err.inst(), err.operand()), (Some(InstId(4)), None));
+        assert!(err.to_string().contains("core 8 does not exist on trn2 (8 cores)"), "{err}");
+        for (deps, want) in [
+            (vec![InstId(9)], "waits on %9, which does not exist"),
+            (vec![InstId(4)], "waits on itself"),
+            (vec![InstId(3), InstId(3)], "waits on %3 twice"),
+        ] {
+            let mut p = valid();
+            p.insts[4].deps = deps;
+            let err = validate(&p, &trn2).unwrap_err();
+            assert_eq!(err.inst(), Some(InstId(4)));
+            assert!(err.to_string().starts_with("%4 dma_copy: ") && err.to_string().contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn wait_cycles_are_deadlocks() {
+        let trn2 = chip("trn2");
+        // %1 waits on %3, which sits behind %2 on the vector queue, which waits on %1.
+        let mut p = Program::new("dl");
+        p.push(Inst::new(Op::Memset { engine: Engine::Vector, dst: sc(), value: 0.0 }));
+        p.push(Inst {
+            deps: vec![InstId(3)],
+            ..Inst::new(Op::Memset { engine: Engine::GpSimd, dst: sb(), value: 0.0 })
+        });
+        p.push(Inst {
+            deps: vec![InstId(1)],
+            ..Inst::new(Op::Memset { engine: Engine::Vector, dst: sc(), value: 1.0 })
+        });
+        p.push(Inst::new(Op::Memset { engine: Engine::Vector, dst: sc(), value: 2.0 }));
+        let errs = validate_all(&p, &trn2);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!((errs[0].inst(), errs[0].rule()), (Some(InstId(1)), Some("HW-NC-ENGINES")));
+        assert!(errs[0].to_string().contains("%1 waits on %3 waits on %2 waits on %1"), "{}", errs[0]);
+        // Forward waits without a cycle are fine.
+        p.insts[2].deps.clear();
+        assert_eq!(validate(&p, &trn2), Ok(()));
+    }
+
+    #[test]
+    fn tensor_declaration_errors_name_the_tensor() {
+        let trn1 = chip("trn1");
+        let cases: Vec<(Vec<TensorDecl>, &str, &str)> = vec![
+            (vec![decl("", TensorKind::Input, F32, &[4], 0)], "", "empty name"),
+            (
+                vec![decl("x", TensorKind::Input, F32, &[4], 0), decl("x", TensorKind::Input, F32, &[4], 64)],
+                "x",
+                "declared twice",
+            ),
+            (
+                vec![decl("x", TensorKind::Input, F32, &[64], 0), decl("y", TensorKind::Input, F32, &[4], 128)],
+                "y",
+                "overlaps tensor `x`",
+            ),
+            (
+                vec![decl("x", TensorKind::Input, F32, &[1 << 20, 1 << 20], 0)],
+                "x",
+                "exceed the 34359738368-byte HBM of trn1",
+            ),
+            (vec![decl("x", TensorKind::Input, F32, &[u64::MAX, 4], 0)], "x", "overflows"),
+            (vec![decl("x", TensorKind::Input, F32, &[4], 2)], "x", "not a multiple of the f32 size"),
+        ];
+        for (tensors, name, want) in cases {
+            let p = Program { tensors, ..Program::new("t") };
+            let err = validate(&p, &trn1).unwrap_err();
+            assert_eq!(err.tensor(), Some(name), "{err}");
+            let text = err.to_string();
+            assert!(text.starts_with(&format!("tensor `{name}`: ")) && text.contains(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn validate_all_reports_every_error_in_order() {
+        let mut p = valid();
+        p.push(Inst::new(dma(16, sa(), Ap::hbm(0, 128, &[128], BF))));
+        p.push(Inst::new(copy(Engine::Tensor, sc(), Ap::sbuf(0, 128, 8192, &[256], F32))));
+        let errs = validate_all(&p, &chip("trn2"));
+        let got: Vec<_> = errs.iter().map(|e| (e.inst(), e.operand(), e.rule())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(InstId(5)), None, Some("HW-NC-DMA")),
+                (Some(InstId(6)), None, Some("HW-ISA-COPY")),
+                (Some(InstId(6)), Some("src"), Some("HW-ISA-COPY")),
+            ]
+        );
+        assert_eq!(validate(&p, &chip("trn2")).unwrap_err(), errs[0]);
+    }
+
+    fn arb_ap() -> impl Strategy<Value = Ap> {
+        let dim = (any::<i64>(), any::<u32>()).prop_map(|(stride, size)| Dim { stride, size });
+        let small = (-70i64..70, 0u32..6).prop_map(|(stride, size)| Dim { stride, size });
+        let dims = prop::collection::vec(prop_oneof![small, dim], 4);
+        let space = prop_oneof![Just(Space::Hbm), Just(Space::Sbuf), Just(Space::Psum)];
+        let dtype = prop::sample::select(DType::ALL.to_vec());
+        (space, any::<u32>(), prop_oneof![0u32..130, any::<u32>()], any::<i64>(), any::<u64>(), dims, 0u8..9, dtype)
+            .prop_map(|(space, start, partitions, pstride, offset, d, ndims, dtype)| {
+                let mut ap = Ap::new(space, start % 200, partitions, pstride, offset % (1 << 20), &d, dtype);
+                ap.ndims = ndims;
+                ap
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn span_matches_ap_byte_span(s0 in -64i64..64, n0 in 1u32..9, s1 in -64i64..64, n1 in 1u32..9,
+                                     ps in -512i64..512, p in 1u32..5, off in 4096u64..8192, hbm in any::<bool>()) {
+            let space = if hbm { Space::Hbm } else { Space::Sbuf };
+            let ap = Ap::new(space, 0, p, ps, off, &[Dim { stride: s0, size: n0 }, Dim { stride: s1, size: n1 }], F32);
+            let want = ap.byte_span().map(|(lo, hi)| (i128::from(lo), i128::from(hi)));
+            prop_assert_eq!(span(&ap), want);
+        }
+
+        #[test]
+        fn arbitrary_operands_never_panic(a in arb_ap(), b in arb_ap(), c in arb_ap(), d in arb_ap(), axes in any::<u8>(),
+                                          perm in prop::collection::vec(any::<u8>(), 0..6), queue in any::<u8>()) {
+            let trn2 = chip("trn2");
+            let ops = [
+                mm(a, b, c),
+                Op::Transpose { engine: Engine::Tensor, dst: a, src: b },
+                Op::Transpose { engine: Engine::Vector, dst: a, src: b },
+                tt(Engine::Vector, AluOp::Add, a, b, c),
+                ts(Engine::Scalar, a, b, stage(AluOp::Mul, Operand::PerPartition(c)), Some(stage(AluOp::Add, Operand::PerPartition(d)))),
+                Op::TensorReduce { engine: Engine::Vector, op: AluOp::Add, dst: a, src: b, axes, negate: false },
+                act(a, b, Operand::PerPartition(c), Some(d), Some(c)),
+                Op::Select { engine: Engine::Vector, dst: a, pred: b, on_true: c, on_false: d },
+                Op::PartitionReduce { op: AluOp::Add, dst: a, src: b },
+                Op::PartitionShuffle { dst: a, src: b, perm },
+                dma(queue, a, b),
+                Op::DmaGather { queue, dst: a, table: b, index: c },
+            ];
+            for op in ops {
+                let _ = validate_all(&with(op), &trn2);
+            }
+        }
+    }
 }
