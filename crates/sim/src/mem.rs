@@ -232,7 +232,7 @@ impl Memory {
         }
         let bpp = self.psum_bpp;
         let start = ap.start_partition as usize * bpp + ap.offset as usize;
-        if start % 4 != 0 || bpp % 4 != 0 {
+        if !start.is_multiple_of(4) || !bpp.is_multiple_of(4) {
             return None;
         }
         let bytes = self.psum[core].bytes_mut();

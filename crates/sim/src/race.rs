@@ -143,7 +143,7 @@ impl RaceChecker {
         clock: &[u32],
         ap: &Ap,
         write: bool,
-    ) -> Result<(), Conflict> {
+    ) -> Result<(), Box<Conflict>> {
         let Some((lo, hi)) = ap.byte_span() else { return Ok(()) };
         let (p0, p1) = match ap.space {
             Space::Hbm => (0, 1),
@@ -178,7 +178,7 @@ impl RaceChecker {
                             Space::Hbm => "hbm".to_string(),
                             s => format!("{s} of core {core}"),
                         };
-                        return Err(Conflict { earlier: r.clone(), space });
+                        return Err(Box::new(Conflict { earlier: r.clone(), space }));
                     }
                     continue;
                 }

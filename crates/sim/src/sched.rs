@@ -362,11 +362,9 @@ impl<'a> Run<'a> {
             for d in &inst.deps {
                 let Some(&t) = self.done.get(d.0 as usize) else { continue };
                 let t = if self.unit_of[d.0 as usize] as usize == u { t } else { t + self.sem_ps };
-                if t > ready || pred.is_none() {
-                    if t >= ready {
-                        ready = t;
-                        pred = Some(d.0);
-                    }
+                if t > ready || (pred.is_none() && t >= ready) {
+                    ready = t;
+                    pred = Some(d.0);
                 }
             }
             let unit_free = self.units[u].free_at;
@@ -452,6 +450,7 @@ impl<'a> Run<'a> {
         for (name, ap, role) in inst.op.operands() {
             let write = role == Role::Write;
             if let Err(conflict) = races.access(core, i, name, u as u32, seq, &clock, ap, write) {
+                let conflict = *conflict;
                 let earlier = &conflict.earlier;
                 let site = |inst_id: u32, operand: &'static str, unit: usize, write: bool| AccessSite {
                     inst: InstId(inst_id),
