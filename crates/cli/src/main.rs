@@ -1,1 +1,321 @@
-fn main() {}
+//! `trainyard`: the command-line front end of the simulator.
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use trainyard_arch::{ChipSpec, DType, DEFAULT_CHIP};
+use trainyard_isa::Program;
+use trainyard_runtime::{Profile, Session};
+use trainyard_sim::{Mode, SimOptions};
+
+#[derive(Parser)]
+#[command(name = "trainyard", version, about = "An open simulator of Trainium-class AI accelerators")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the bundled chip specs.
+    Chips {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a program (text or binary) for a chip.
+    Check {
+        /// Program file (`.tys` text or `.tyb` binary).
+        program: PathBuf,
+        /// Chip name or chip TOML file.
+        #[arg(long, default_value = DEFAULT_CHIP)]
+        chip: String,
+    },
+    /// Run a program on a simulated chip.
+    Run(RunArgs),
+    /// Run the bundled demo kernel on the default chip and print its profile.
+    Demo {
+        /// Chip name or chip TOML file.
+        #[arg(long, default_value = DEFAULT_CHIP)]
+        chip: String,
+        /// Where to write the Perfetto trace.
+        #[arg(long, default_value = "trainyard-demo.trace.json")]
+        trace: PathBuf,
+        /// Matmul size M×K×N.
+        #[arg(long, default_value = "512x1024x1024")]
+        shape: String,
+    },
+    /// Convert a program between text and binary forms (by output extension: `.tyb` binary, else text).
+    Convert {
+        /// Input program.
+        input: PathBuf,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Benchmarks that print figures measured in this run.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Simulation speed: timed-only instructions per second and functional matmul vs host GEMM.
+    Sim {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Smaller problem sizes (for a quick check).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Program file (`.tys` text or `.tyb` binary).
+    program: PathBuf,
+    /// Chip name or chip TOML file.
+    #[arg(long, default_value = DEFAULT_CHIP)]
+    chip: String,
+    /// Bind an input: NAME=FILE.npy, or NAME=FILE.safetensors (tensor NAME inside).
+    #[arg(long = "input", value_name = "NAME=FILE")]
+    inputs: Vec<String>,
+    /// Fill unbound inputs with seeded random values instead of failing.
+    #[arg(long)]
+    random_inputs: bool,
+    /// Write every output tensor as DIR/NAME.npy.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Write a Perfetto / Chrome trace JSON.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Time only: no values are computed.
+    #[arg(long)]
+    timed_only: bool,
+    /// Print the profile as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Skip race detection (faster on huge programs).
+    #[arg(long)]
+    no_race_check: bool,
+    /// Round stores stochastically (seeded) instead of to nearest even.
+    #[arg(long)]
+    stochastic_rounding: bool,
+    /// Seed for stochastic rounding and random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Chips { json } => chips(json),
+        Command::Check { program, chip } => check(&program, &chip),
+        Command::Run(args) => run(args),
+        Command::Demo { chip, trace, shape } => demo(&chip, &trace, &shape),
+        Command::Convert { input, output } => convert(&input, &output),
+        Command::Bench { what: BenchWhat::Sim { json, quick } } => bench::sim(json, quick),
+    }
+}
+
+fn load_chip(name: &str) -> Result<ChipSpec> {
+    Ok(ChipSpec::by_name(name)?)
+}
+
+/// Reads a program in text or binary form.
+pub(crate) fn load_program(path: &Path) -> Result<Program> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read program {}", path.display()))?;
+    if Program::is_binary(&bytes) {
+        return Program::from_bytes(&bytes).with_context(|| format!("{}", path.display()));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a binary program and not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to()))?;
+    Program::parse(&text).with_context(|| format!("{}", path.display()))
+}
+
+fn chips(json: bool) -> Result<()> {
+    let chips = ChipSpec::bundled()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&chips)?);
+        return Ok(());
+    }
+    println!(
+        "{:<6} {:>5} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9}",
+        "chip", "cores", "HBM GiB", "HBM GB/s", "BF16 TF", "FP8 TF", "SBUF/core", "PE GHz", "link GB/s"
+    );
+    for c in &chips {
+        println!(
+            "{:<6} {:>5} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>8} MiB {:>10.2} {:>9.0}",
+            c.name,
+            c.chip.cores,
+            c.chip.hbm_bytes as f64 / (1u64 << 30) as f64,
+            c.chip.hbm_gbps,
+            c.peak_tflops.bf16,
+            c.peak_tflops.fp8,
+            c.core.sbuf.partitions as u64 * c.core.sbuf.bytes_per_partition as u64 >> 20,
+            c.core.clocks.tensor_ghz,
+            c.chip.link_gbps,
+        );
+    }
+    Ok(())
+}
+
+fn check(path: &Path, chip: &str) -> Result<()> {
+    let chip = load_chip(chip)?;
+    let program = load_program(path)?;
+    let errors = trainyard_isa::validate_all(&program, &chip);
+    if errors.is_empty() {
+        println!(
+            "{}: ok for {} ({} instructions, {} tensors, {} core(s))",
+            path.display(),
+            chip.name,
+            program.insts.len(),
+            program.tensors.len(),
+            program.cores_used()
+        );
+        return Ok(());
+    }
+    for e in &errors {
+        eprintln!("{}: {e}", path.display());
+    }
+    bail!("{}: {} error(s) for {}", path.display(), errors.len(), chip.name)
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let chip = load_chip(&args.chip)?;
+    let program = load_program(&args.program)?;
+    let mode = if args.timed_only { Mode::TimedOnly } else { Mode::Functional };
+    if args.timed_only && (args.out.is_some() || !args.inputs.is_empty()) {
+        bail!("--timed-only computes no values: --input and --out cannot be used with it");
+    }
+    let opts = SimOptions {
+        mode,
+        check_races: !args.no_race_check,
+        record_events: true,
+        stochastic_rounding: args.stochastic_rounding,
+        seed: args.seed,
+    };
+    let mut session = Session::new(&chip, &program, opts)?;
+    for spec in &args.inputs {
+        let (name, file) = spec.split_once('=').with_context(|| format!("--input `{spec}`: expected NAME=FILE"))?;
+        session.bind_file(name, Path::new(file)).with_context(|| format!("--input {name}"))?;
+    }
+    if mode == Mode::Functional {
+        let unbound = session.unbound_inputs();
+        if !unbound.is_empty() {
+            if !args.random_inputs {
+                bail!("inputs not bound: {} (use --input NAME=FILE.npy, or --random-inputs)", unbound.join(", "));
+            }
+            session.bind_defaults(args.seed)?;
+        }
+    }
+    let profile = session.run()?;
+    if let Some(dir) = &args.out {
+        let written = session.write_outputs(dir)?;
+        if !args.json {
+            for p in written {
+                println!("wrote {}", p.display());
+            }
+        }
+    }
+    if let Some(trace) = &args.trace {
+        session.write_trace(trace)?;
+        if !args.json {
+            println!("wrote trace {} (open in https://ui.perfetto.dev)", trace.display());
+        }
+    }
+    print_profile(&profile, &session, args.json)
+}
+
+fn print_profile(profile: &Profile, session: &Session, json: bool) -> Result<()> {
+    if json {
+        let mut value = serde_json::to_value(profile)?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("notes".into(), serde_json::json!(session.notes()));
+        }
+        println!("{}", serde_json::to_string(&value)?);
+    } else {
+        for n in session.notes() {
+            println!("note: {n}");
+        }
+        print!("{}", profile.to_table());
+    }
+    Ok(())
+}
+
+fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
+    let parts: Vec<usize> = s
+        .split(['x', 'X', ','])
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("shape `{s}`: expected MxKxN, e.g. 512x1024x1024"))?;
+    match parts[..] {
+        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n)),
+        _ => bail!("shape `{s}`: expected three positive sizes MxKxN"),
+    }
+}
+
+fn demo(chip: &str, trace: &Path, shape: &str) -> Result<()> {
+    let chip = load_chip(chip)?;
+    let (m, k, n) = parse_shape(shape)?;
+    let program = trainyard_kernels::demo::matmul_demo(&chip, m, k, n, DType::Bf16)?;
+    println!(
+        "trainyard demo: C[{m}x{n}] = A[{m}x{k}] · B[{k}x{n}] in bf16 (fp32 accumulate) on one {} NeuronCore",
+        chip.name
+    );
+    println!("program: {} instructions, built by the kernel builder (crates/kernels/src/demo.rs)", program.insts.len());
+    let mut session = Session::new(&chip, &program, SimOptions::default())?;
+    session.bind_defaults(1)?;
+    let profile = session.run()?;
+    let err = demo_error(&session, m, k, n)?;
+    print!("{}", profile.to_table());
+    println!("check: max |C - reference| = {err:.3e} against a host f64 matmul of the same bf16 inputs");
+    session.write_trace(trace)?;
+    println!("wrote trace {} (open in https://ui.perfetto.dev)", trace.display());
+    Ok(())
+}
+
+/// Largest absolute difference between the demo's output and a host f64 matmul.
+fn demo_error(session: &Session, m: usize, k: usize, n: usize) -> Result<f64> {
+    let at = session.output("at")?.to_f32();
+    let b = session.output("b")?.to_f32();
+    let c = session.output("c")?.to_f32();
+    let mut worst = 0.0f64;
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f64;
+            for kk in 0..k {
+                acc += at[kk * m + i] as f64 * b[kk * n + j] as f64;
+            }
+            worst = worst.max((acc - c[i * n + j] as f64).abs());
+        }
+    }
+    Ok(worst)
+}
+
+fn convert(input: &Path, output: &Path) -> Result<()> {
+    let program = load_program(input)?;
+    let bytes = if output.extension().is_some_and(|e| e == "tyb") { program.to_bytes() } else { program.to_text().into_bytes() };
+    let tmp = output.with_extension("tmp-trainyard");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, output).with_context(|| format!("cannot write {}", output.display()))?;
+    println!("wrote {} ({} bytes, {} instructions)", output.display(), bytes.len(), program.insts.len());
+    Ok(())
+}

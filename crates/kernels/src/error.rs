@@ -1,6 +1,6 @@
 //! The one error type of the builder.
 
-use trainyard_isa::Space;
+use trainyard_isa::{Space, ValidationError};
 
 /// Why a kernel could not be built. Every message names the instruction,
 /// operand, tile or tensor at fault.
@@ -152,10 +152,32 @@ pub enum BuildError {
         /// Its core.
         core: u16,
     },
+    /// An instruction uses a view of a tile that was freed.
+    #[error("{inst}: operand `{operand}` views {tile}, which was freed")]
+    FreedTile {
+        /// Instruction (`copy %3`).
+        inst: String,
+        /// Operand name.
+        operand: &'static str,
+        /// The tile.
+        tile: String,
+    },
     /// More instructions than an instruction id can number.
     #[error("program has more than {max} instructions")]
     TooManyInstructions {
         /// The limit.
         max: u64,
+    },
+    /// The finished program breaks an ISA rule of the chip (found by
+    /// `trainyard_isa::validate`, which names the instruction and rule).
+    #[error("program fails validation: {0}")]
+    Invalid(#[from] ValidationError),
+    /// A library kernel cannot be built for these arguments.
+    #[error("kernel `{kernel}`: {message}")]
+    Kernel {
+        /// The kernel.
+        kernel: String,
+        /// What is wrong.
+        message: String,
     },
 }

@@ -26,6 +26,8 @@ use crate::error::BuildError;
 pub struct View {
     space: Space,
     core: Option<u16>,
+    /// Serial number of the tile allocation (SBUF/PSUM tiles only).
+    tile: Option<u64>,
     label: Arc<str>,
     /// First partition (SBUF/PSUM).
     part0: u32,
@@ -50,6 +52,12 @@ pub trait AsAp {
         None
     }
 
+    /// Serial number of the tile allocation the operand views (`None` for HBM
+    /// and raw patterns); the builder refuses views of freed tiles.
+    fn tile_serial(&self) -> Option<u64> {
+        None
+    }
+
     /// A name for messages.
     fn label(&self) -> String {
         String::from("operand")
@@ -62,6 +70,9 @@ impl AsAp for View {
     }
     fn home_core(&self) -> Option<u16> {
         self.core
+    }
+    fn tile_serial(&self) -> Option<u64> {
+        self.tile
     }
     fn label(&self) -> String {
         self.label.to_string()
@@ -81,6 +92,9 @@ impl<T: AsAp + ?Sized> AsAp for &T {
     fn home_core(&self) -> Option<u16> {
         (**self).home_core()
     }
+    fn tile_serial(&self) -> Option<u64> {
+        (**self).tile_serial()
+    }
     fn label(&self) -> String {
         (**self).label()
     }
@@ -98,6 +112,7 @@ impl From<Ap> for View {
         View {
             space: ap.space,
             core: None,
+            tile: None,
             label: Arc::from(format!("{}", ap.space)),
             part0: if ap.space == Space::Hbm { 0 } else { ap.start_partition },
             base: ap.offset,
@@ -116,6 +131,14 @@ impl fmt::Display for View {
     }
 }
 
+fn mul(a: i64, b: i64) -> Result<i64, String> {
+    a.checked_mul(b).ok_or_else(|| "address arithmetic overflows".to_string())
+}
+
+fn add(a: i64, b: i64) -> Result<i64, String> {
+    a.checked_add(b).ok_or_else(|| "address arithmetic overflows".to_string())
+}
+
 fn row_major_strides(shape: &[usize]) -> Vec<i64> {
     let mut strides = vec![0i64; shape.len()];
     let mut s = 1i64;
@@ -132,6 +155,7 @@ impl View {
         View {
             space: Space::Hbm,
             core: None,
+            tile: None,
             label: Arc::from(label),
             part0: 0,
             base,
@@ -144,7 +168,15 @@ impl View {
     }
 
     /// The whole of an on-chip tile `[partitions, free...]` at byte `base` of each partition.
-    pub(crate) fn sram(space: Space, core: u16, label: &str, base: u64, shape: &[usize], dtype: DType) -> View {
+    pub(crate) fn sram(
+        space: Space,
+        core: u16,
+        serial: u64,
+        label: &str,
+        base: u64,
+        shape: &[usize],
+        dtype: DType,
+    ) -> View {
         let mut strides = row_major_strides(shape);
         if let Some(s) = strides.first_mut() {
             *s = 0;
@@ -152,6 +184,7 @@ impl View {
         View {
             space,
             core: Some(core),
+            tile: Some(serial),
             label: Arc::from(label),
             part0: 0,
             base,
@@ -195,7 +228,7 @@ impl View {
 
     /// Number of elements.
     pub fn elements(&self) -> u64 {
-        self.shape.iter().map(|&n| n as u64).product()
+        self.shape.iter().fold(1u64, |acc, &n| acc.saturating_mul(n as u64))
     }
 
     /// The error recorded by a failed view operation, if any.
@@ -225,59 +258,64 @@ impl View {
 
     /// Elements `range` of `axis`, every `step`-th one.
     pub fn slice_step(&self, axis: usize, range: Range<usize>, step: usize) -> View {
-        self.derive(
-            || format!("slice_step({axis}, {range:?}, {step})"),
-            |v| {
-                v.check_axis(axis)?;
-                let n = v.shape[axis];
-                if range.start > range.end || range.end > n {
-                    return Err(format!("range {range:?} out of 0..{n} on axis {axis}"));
+        self.slice_as(|| format!("slice_step({axis}, {range:?}, {step})"), axis, range.clone(), step)
+    }
+
+    fn slice_as(&self, what: impl FnOnce() -> String, axis: usize, range: Range<usize>, step: usize) -> View {
+        self.derive(what, |v| {
+            v.check_axis(axis)?;
+            let n = v.shape[axis];
+            if range.start > range.end || range.end > n {
+                return Err(format!("range {range:?} out of 0..{n} on axis {axis}"));
+            }
+            if step == 0 {
+                return Err("step must be at least 1".into());
+            }
+            let len = (range.end - range.start).div_ceil(step);
+            if axis == 0 && v.space.is_sram() {
+                if step != 1 {
+                    return Err("partitions cannot be strided (HW-ISA-AP-PART)".into());
                 }
-                if step == 0 {
-                    return Err("step must be at least 1".into());
+                v.part0 += range.start as u32;
+            } else {
+                v.offset = add(v.offset, mul(range.start as i64, v.strides[axis])?)?;
+                // A single element needs no stride; a longer run stays inside the old extent.
+                if len > 1 {
+                    v.strides[axis] = mul(v.strides[axis], step as i64)?;
                 }
-                let len = (range.end - range.start).div_ceil(step);
-                if axis == 0 && v.space.is_sram() {
-                    if step != 1 {
-                        return Err("partitions cannot be strided (HW-ISA-AP-PART)".into());
-                    }
-                    v.part0 += range.start as u32;
-                } else {
-                    v.offset += range.start as i64 * v.strides[axis];
-                    v.strides[axis] *= step as i64;
-                }
-                v.shape[axis] = len;
-                Ok(())
-            },
-        )
+            }
+            v.shape[axis] = len;
+            Ok(())
+        })
     }
 
     /// Elements `range` of `axis`.
     pub fn slice(&self, axis: usize, range: Range<usize>) -> View {
-        self.slice_step(axis, range, 1)
+        self.slice_as(|| format!("slice({axis}, {range:?})"), axis, range.clone(), 1)
     }
 
     /// Rows `range` (axis 0): partitions of a tile, outer rows of an HBM tensor.
     pub fn rows(&self, range: Range<usize>) -> View {
-        self.slice(0, range)
+        self.slice_as(|| format!("rows({range:?})"), 0, range.clone(), 1)
     }
 
     /// Partitions `range` (axis 0); same as [`View::rows`].
     pub fn part(&self, range: Range<usize>) -> View {
-        self.slice(0, range)
+        self.slice_as(|| format!("part({range:?})"), 0, range.clone(), 1)
     }
 
     /// Elements `range` of the last axis (needs at least two axes).
     pub fn cols(&self, range: Range<usize>) -> View {
         if self.shape.len() < 2 {
-            return self.derive(|| format!("cols({range:?})"), |v| Err(format!("shape {:?} has no column axis", v.shape)));
+            return self
+                .derive(|| format!("cols({range:?})"), |v| Err(format!("shape {:?} has no column axis", v.shape)));
         }
-        self.slice(self.shape.len() - 1, range)
+        self.slice_as(|| format!("cols({range:?})"), self.shape.len() - 1, range.clone(), 1)
     }
 
     /// Elements `range` of free axis `free_axis` (axis `free_axis + 1`).
     pub fn slice_free(&self, free_axis: usize, range: Range<usize>) -> View {
-        self.slice(free_axis + 1, range)
+        self.slice_as(|| format!("slice_free({free_axis}, {range:?})"), free_axis + 1, range.clone(), 1)
     }
 
     /// Index `i` of `axis`, dropping the axis (not axis 0 of a tile).
@@ -292,7 +330,7 @@ impl View {
                 if i >= v.shape[axis] {
                     return Err(format!("index {i} out of 0..{} on axis {axis}", v.shape[axis]));
                 }
-                v.offset += i as i64 * v.strides[axis];
+                v.offset = add(v.offset, mul(i as i64, v.strides[axis])?)?;
                 v.shape.remove(axis);
                 v.strides.remove(axis);
                 Ok(())
@@ -392,19 +430,19 @@ impl View {
                 if v.strides[last] != 1 && v.shape[last] > 1 {
                     return Err("the last axis must be contiguous".into());
                 }
-                let last_bytes = v.shape[last] as i64 * old;
-                if last_bytes % new != 0 || (v.offset * old) % new != 0 {
+                let last_bytes = mul(v.shape[last] as i64, old)?;
+                if last_bytes % new != 0 || mul(v.offset, old)? % new != 0 {
                     return Err(format!("{} bytes per row do not split into {}-byte elements", last_bytes, new));
                 }
                 for ax in first_free..last {
-                    if (v.strides[ax] * old) % new != 0 {
+                    if mul(v.strides[ax], old)? % new != 0 {
                         return Err(format!("axis {ax} stride is not a multiple of {new} bytes"));
                     }
-                    v.strides[ax] = v.strides[ax] * old / new;
+                    v.strides[ax] = mul(v.strides[ax], old)? / new;
                 }
                 v.shape[last] = (last_bytes / new) as usize;
                 v.strides[last] = 1;
-                v.offset = v.offset * old / new;
+                v.offset = mul(v.offset, old)? / new;
                 v.dtype = dtype;
                 Ok(())
             },
@@ -456,9 +494,12 @@ impl View {
                 .map_err(|_| bad(format!("axis {ax} of size {} does not fit an access pattern", self.shape[ax])))?;
             dims.push(Dim { stride: self.strides[ax], size });
         }
-        let dims = compact_dims(dims).ok_or_else(|| bad(format!("more than {MAX_FREE_DIMS} free axes after merging")))?;
-        let offset = self.base as i64 + self.offset * self.dtype.size() as i64;
-        let offset = u64::try_from(offset).map_err(|_| bad("negative address".into()))?;
+        let dims =
+            compact_dims(dims).ok_or_else(|| bad(format!("more than {MAX_FREE_DIMS} free axes after merging")))?;
+        let offset = mul(self.offset, self.dtype.size() as i64)
+            .and_then(|o| add(o, self.base as i64))
+            .and_then(|o| u64::try_from(o).map_err(|_| "negative address".into()))
+            .map_err(bad)?;
         Ok(Ap::new(self.space, self.part0, parts, pstride, offset, &dims, self.dtype))
     }
 }
@@ -494,8 +535,10 @@ fn compact_dims(mut dims: Vec<Dim>) -> Option<Vec<Dim>> {
 /// without a copy. Groups of old axes that map onto groups of new axes with the
 /// same element count must be contiguous among themselves.
 fn reshape_strides(shape: &[usize], strides: &[i64], new: &[usize]) -> Result<Vec<i64>, String> {
-    let total: u128 = shape.iter().map(|&n| n as u128).product();
-    let new_total: u128 = new.iter().map(|&n| n as u128).product();
+    let count = |s: &[usize]| s.iter().try_fold(1u128, |acc, &n| acc.checked_mul(n as u128));
+    let (Some(total), Some(new_total)) = (count(shape), count(new)) else {
+        return Err("element count overflows".into());
+    };
     if total != new_total {
         return Err(format!("{shape:?} has {total} elements, {new:?} has {new_total}"));
     }
@@ -527,14 +570,14 @@ fn reshape_strides(shape: &[usize], strides: &[i64], new: &[usize]) -> Result<Ve
             }
         }
         for k in i0..i {
-            if old[k].1 != old[k + 1].1 * old[k + 1].0 as i64 {
+            if old[k].1 != mul(old[k + 1].1, old[k + 1].0 as i64)? {
                 return Err(format!("axes {shape:?} with strides {strides:?} are not contiguous enough for {new:?}"));
             }
         }
         let mut s = old[i].1;
         for jj in (j0..=j).rev() {
             out[jj] = s;
-            s *= new[jj] as i64;
+            s = s.saturating_mul(new[jj] as i64);
         }
         i += 1;
         j += 1;
@@ -583,7 +626,7 @@ mod tests {
 
     #[test]
     fn tile_views() {
-        let t = View::sram(Space::Sbuf, 0, "t", 256, &[128, 4, 32], DType::F32);
+        let t = View::sram(Space::Sbuf, 0, 0, "t", 256, &[128, 4, 32], DType::F32);
         let ap = t.part(64..96).slice_free(1, 8..16).ap().unwrap();
         assert_eq!((ap.start_partition, ap.partitions, ap.offset), (64, 32, 256 + 8 * 4));
         assert_eq!(ap.free_dims(), &[Dim { stride: 32, size: 4 }, Dim { stride: 1, size: 8 }]);
@@ -598,7 +641,7 @@ mod tests {
 
     #[test]
     fn view_errors_are_deferred_and_named() {
-        let t = View::sram(Space::Sbuf, 0, "sbuf#1", 0, &[128, 512], DType::F32);
+        let t = View::sram(Space::Sbuf, 0, 1, "sbuf#1", 0, &[128, 512], DType::F32);
         let bad = t.cols(0..600).part(0..3);
         let err = bad.ap().unwrap_err().to_string();
         assert!(err.contains("sbuf#1.cols(0..600)") && err.contains("0..512"), "{err}");
@@ -625,7 +668,8 @@ mod tests {
 
     #[test]
     fn ap_round_trips_through_view() {
-        let ap = Ap::new(Space::Hbm, 0, 3, 40, 128, &[Dim { stride: 2, size: 5 }, Dim { stride: 1, size: 2 }], DType::I16);
+        let ap =
+            Ap::new(Space::Hbm, 0, 3, 40, 128, &[Dim { stride: 2, size: 5 }, Dim { stride: 1, size: 2 }], DType::I16);
         assert_eq!(View::from(ap).ap().unwrap(), ap);
         let ap = Ap::sbuf(32, 16, 64, &[4, 8], DType::U8);
         assert_eq!(View::from(ap).ap().unwrap(), ap);
@@ -643,8 +687,8 @@ mod tests {
             let dtype = DType::Bf16;
             let base = base * 64;
             let mut v = View::hbm("x", base, &dims, dtype);
-            let mut lo = vec![0usize; 3];
-            let mut step = vec![1usize; 3];
+            let mut lo = [0usize; 3];
+            let mut step = [1usize; 3];
             for (ax, &(a, b, s)) in cuts.iter().enumerate() {
                 let (a, b) = (a.min(dims[ax] - 1), (a.min(dims[ax] - 1) + 1 + b).min(dims[ax]));
                 v = v.slice_step(ax, a..b, s);
@@ -673,7 +717,7 @@ mod tests {
             p in 1usize..9, a in 1usize..5, b in 1usize..7,
             p0 in 0usize..8, pn in 1usize..8, a0 in 0usize..4, b0 in 0usize..6, bs in 1usize..3, flatten: bool
         ) {
-            let t = View::sram(Space::Psum, 1, "t", 128, &[p, a, b], DType::F32);
+            let t = View::sram(Space::Psum, 1, 0, "t", 128, &[p, a, b], DType::F32);
             let p0 = p0.min(p - 1);
             let p1 = (p0 + pn).min(p);
             let a0 = a0.min(a - 1);
@@ -694,6 +738,43 @@ mod tests {
                 }
             }
             prop_assert_eq!(ap_addresses(&ap), want);
+        }
+
+        /// Any chain of view calls, with any arguments, gives a pattern inside
+        /// the tensor or tile, or an error; never a panic.
+        #[test]
+        fn views_never_escape_or_panic(
+            sram: bool,
+            ops in proptest::collection::vec((0u8..9, 0usize..5, 0usize..12, 0usize..12, prop_oneof![1usize..4, Just(usize::MAX)]), 0..8)
+        ) {
+            let shape = [6usize, 4, 8];
+            let mut v = if sram {
+                View::sram(Space::Sbuf, 0, 0, "t", 640, &shape, DType::Bf16)
+            } else {
+                View::hbm("x", 640, &shape, DType::Bf16)
+            };
+            for (op, axis, a, b, n) in ops {
+                v = match op {
+                    0 => v.slice_step(axis, a..b, n),
+                    1 => v.at(axis, a),
+                    2 => v.permute(&[axis % 3, (axis + 1 + a % 2) % 3, (axis + 2 - a % 2) % 3]),
+                    3 => v.transposed(),
+                    4 => v.reshape(&[a, b, n]),
+                    5 => v.reshape_free(&[a, b.max(1)]),
+                    6 => v.bitcast([DType::F32, DType::U8, DType::I16][a % 3]),
+                    7 => v.broadcast(axis, n),
+                    _ => v.cols(a..b),
+                };
+            }
+            // Bytes per partition of the tile, or of the whole HBM tensor.
+            let end = 640 + if sram { 4 * 8 * 2 } else { 6 * 4 * 8 * 2 };
+            if let Ok(ap) = v.ap() {
+                if ap.elements() <= 1 << 12 {
+                    for (p, byte) in ap_addresses(&ap) {
+                        prop_assert!(p < 6 && (640..end).contains(&byte), "{p} {byte} {ap:?}");
+                    }
+                }
+            }
         }
 
         /// A reshape that succeeds keeps the element order and addresses.

@@ -1,0 +1,135 @@
+//! `trainyard bench sim`: simulation speed measured in this run.
+//!
+//! Two figures, both ratios of quantities measured in the same process:
+//! * timed-only throughput: simulated instructions per wall second on a large
+//!   tiled-matmul program (with and without race detection);
+//! * functional matmul: wall time of simulating a tiled bf16 matmul with
+//!   values, against the host GEMM (`gemm` crate, f32, one thread) on the same
+//!   M×K×N.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use trainyard_arch::{ChipSpec, DType, SplitMix64};
+use trainyard_isa::Program;
+use trainyard_runtime::Session;
+use trainyard_sim::{Mode, SimOptions, Simulator};
+
+fn best_of<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
+    let mut best = f64::INFINITY;
+    let mut last = None;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let v = f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+        last = Some(v);
+    }
+    match last {
+        Some(v) => Ok((best, v)),
+        None => anyhow::bail!("no repetitions"),
+    }
+}
+
+fn timed_only(chip: &ChipSpec, program: &Program, check_races: bool) -> Result<(f64, u64)> {
+    let opts = SimOptions { mode: Mode::TimedOnly, check_races, record_events: false, ..SimOptions::default() };
+    let (secs, total_ps) = best_of(3, || {
+        let mut sim = Simulator::new(chip, program, opts.clone())?;
+        Ok(sim.run()?.total_ps)
+    })?;
+    Ok((program.insts.len() as f64 / secs, total_ps))
+}
+
+fn host_gemm_secs(m: usize, k: usize, n: usize) -> Result<f64> {
+    let mut rng = SplitMix64::new(5);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.next_f64() as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.next_f64() as f32).collect();
+    let mut c = vec![0f32; m * n];
+    let (secs, _) = best_of(3, || {
+        // SAFETY: a is m×k, b is k×n, c is m×n, all row-major and live.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+        Ok(())
+    })?;
+    std::hint::black_box(&c);
+    Ok(secs)
+}
+
+pub fn sim(json: bool, quick: bool) -> Result<()> {
+    let trn1 = ChipSpec::by_name("trn1")?;
+    let (tm, tk, tn) = if quick { (1024, 2048, 2048) } else { (4096, 8192, 8192) };
+    let big = trainyard_kernels::demo::matmul_demo(&trn1, tm, tk, tn, DType::Bf16)?;
+    let (ips_races, total_ps) = timed_only(&trn1, &big, true)?;
+    let (ips_fast, _) = timed_only(&trn1, &big, false)?;
+    let flops = 2.0 * tm as f64 * tk as f64 * tn as f64;
+    let sim_tflops = flops / (total_ps as f64 * 1e-12) / 1e12;
+
+    let (fm, fk, fnn) = if quick { (256, 512, 512) } else { (512, 1024, 1024) };
+    let small = trainyard_kernels::demo::matmul_demo(&trn1, fm, fk, fnn, DType::Bf16)?;
+    let run_functional = |check_races: bool| -> Result<f64> {
+        let opts = SimOptions { mode: Mode::Functional, check_races, record_events: false, ..SimOptions::default() };
+        let mut session = Session::new(&trn1, &small, opts)?;
+        session.bind_defaults(3)?;
+        let t = Instant::now();
+        session.run()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let functional_secs = (0..3).map(|_| run_functional(false)).collect::<Result<Vec<_>>>()?.into_iter().fold(f64::INFINITY, f64::min);
+    let functional_races_secs =
+        (0..3).map(|_| run_functional(true)).collect::<Result<Vec<_>>>()?.into_iter().fold(f64::INFINITY, f64::min);
+    let gemm_secs = host_gemm_secs(fm, fk, fnn)?;
+    let ratio = functional_secs / gemm_secs;
+    let ratio_races = functional_races_secs / gemm_secs;
+
+    if json {
+        let v = serde_json::json!({
+            "timed_only": {
+                "program": format!("matmul {tm}x{tk}x{tn} bf16 on one trn1 core"),
+                "instructions": big.insts.len(),
+                "insts_per_s": ips_fast,
+                "insts_per_s_with_race_check": ips_races,
+                "simulated_ns": total_ps as f64 / 1000.0,
+                "simulated_tflops": sim_tflops,
+            },
+            "functional_matmul": {
+                "shape": format!("{fm}x{fk}x{fnn}"),
+                "sim_s": functional_secs,
+                "sim_s_with_race_check": functional_races_secs,
+                "host_gemm_s": gemm_secs,
+                "ratio_to_host_gemm": ratio,
+                "ratio_to_host_gemm_with_race_check": ratio_races,
+            }
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("trainyard bench sim (figures measured in this run, wall clock, best of 3)");
+        println!("timed-only: matmul {tm}x{tk}x{tn} bf16 on one trn1 core, {} instructions", big.insts.len());
+        println!("  {:>8.2} M simulated instructions/s (race check off)", ips_fast / 1e6);
+        println!("  {:>8.2} M simulated instructions/s (race check on)", ips_races / 1e6);
+        println!("  simulated time {:.1} us, {:.1} TFLOPS", total_ps as f64 / 1e6, sim_tflops);
+        println!("functional matmul {fm}x{fk}x{fnn} bf16 (values + time) vs host GEMM f32, one thread:");
+        println!("  simulator {:.4} s ({:.4} s with race check), host gemm {:.4} s", functional_secs, functional_races_secs, gemm_secs);
+        println!("  ratio {:.2}x ({:.2}x with race check); target <= 2x", ratio, ratio_races);
+    }
+    Ok(())
+}

@@ -1,0 +1,676 @@
+//! The builder itself: HBM tensors, on-chip tiles and their allocation, the
+//! current core, DMA queue choice, and appending instructions with their
+//! dependencies. The instruction methods live in `insts.rs`.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use trainyard_arch::{ChipSpec, DType};
+use trainyard_isa::{Ap, Inst, InstId, Op, Program, Role, Space, TensorDecl, TensorKind};
+
+use crate::alloc::{align_up, psum_place, FreeList, ALIGN};
+use crate::deps::DepTracker;
+use crate::error::BuildError;
+use crate::view::{AsAp, View};
+
+/// DMA queues used round-robin by [`KernelBuilder::dma`] unless configured.
+pub const DEFAULT_DMA_QUEUES: u8 = 4;
+
+/// Numbers builders, so a tile handed to another builder is never mistaken for one of its own.
+static BUILDERS: AtomicU32 = AtomicU32::new(0);
+
+/// Forwards the view operations of [`View`] to a handle holding a `view` field.
+macro_rules! forward_view_ops {
+    ($ty:ty) => {
+        impl $ty {
+            /// The whole tensor or tile as a [`View`].
+            pub fn view(&self) -> View {
+                self.view.clone()
+            }
+            /// Logical shape (axis 0 = partitions / rows).
+            pub fn shape(&self) -> &[usize] {
+                self.view.shape()
+            }
+            /// Element type.
+            pub fn dtype(&self) -> DType {
+                self.view.dtype()
+            }
+            /// Rows `range` of axis 0. See [`View::rows`].
+            pub fn rows(&self, range: Range<usize>) -> View {
+                self.view.rows(range)
+            }
+            /// Partitions `range` of axis 0. See [`View::part`].
+            pub fn part(&self, range: Range<usize>) -> View {
+                self.view.part(range)
+            }
+            /// Elements `range` of the last axis. See [`View::cols`].
+            pub fn cols(&self, range: Range<usize>) -> View {
+                self.view.cols(range)
+            }
+            /// Elements `range` of `axis`. See [`View::slice`].
+            pub fn slice(&self, axis: usize, range: Range<usize>) -> View {
+                self.view.slice(axis, range)
+            }
+            /// Every `step`-th element of `range` on `axis`. See [`View::slice_step`].
+            pub fn slice_step(&self, axis: usize, range: Range<usize>, step: usize) -> View {
+                self.view.slice_step(axis, range, step)
+            }
+            /// Elements `range` of free axis `free_axis`. See [`View::slice_free`].
+            pub fn slice_free(&self, free_axis: usize, range: Range<usize>) -> View {
+                self.view.slice_free(free_axis, range)
+            }
+            /// Index `i` of `axis`, dropping it. See [`View::at`].
+            pub fn at(&self, axis: usize, i: usize) -> View {
+                self.view.at(axis, i)
+            }
+            /// Permuted axes. See [`View::permute`].
+            pub fn permute(&self, perm: &[usize]) -> View {
+                self.view.permute(perm)
+            }
+            /// Transposed 2-D HBM view. See [`View::transposed`].
+            pub fn transposed(&self) -> View {
+                self.view.transposed()
+            }
+            /// Reshaped view. See [`View::reshape`].
+            pub fn reshape(&self, shape: &[usize]) -> View {
+                self.view.reshape(shape)
+            }
+            /// Free axes reshaped. See [`View::reshape_free`].
+            pub fn reshape_free(&self, free: &[usize]) -> View {
+                self.view.reshape_free(free)
+            }
+            /// Bytes reinterpreted as `dtype`. See [`View::bitcast`].
+            pub fn bitcast(&self, dtype: DType) -> View {
+                self.view.bitcast(dtype)
+            }
+            /// A size-1 axis repeated with stride 0. See [`View::broadcast`].
+            pub fn broadcast(&self, axis: usize, n: usize) -> View {
+                self.view.broadcast(axis, n)
+            }
+            /// The size-1 last axis repeated `n` times. See [`View::broadcast_free`].
+            pub fn broadcast_free(&self, n: usize) -> View {
+                self.view.broadcast_free(n)
+            }
+            /// The access pattern of the whole tensor or tile.
+            pub fn ap(&self) -> Result<Ap, BuildError> {
+                self.view.ap()
+            }
+        }
+
+        impl AsAp for $ty {
+            fn to_ap(&self) -> Result<Ap, BuildError> {
+                self.view.ap()
+            }
+            fn home_core(&self) -> Option<u16> {
+                self.view.core()
+            }
+            fn tile_serial(&self) -> Option<u64> {
+                AsAp::tile_serial(&self.view)
+            }
+            fn label(&self) -> String {
+                AsAp::label(&self.view)
+            }
+        }
+    };
+}
+
+/// A tensor in the chip's HBM, declared in the program (input, output or scratch).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HbmTensor {
+    name: String,
+    kind: TensorKind,
+    offset: u64,
+    view: View,
+}
+
+impl HbmTensor {
+    /// The declared name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Input, output or scratch.
+    pub fn kind(&self) -> TensorKind {
+        self.kind
+    }
+    /// Byte address in HBM.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+forward_view_ops!(HbmTensor);
+
+/// A tile in a core's SBUF or PSUM: partitions `0..P` of a byte range.
+/// Not `Clone`: [`KernelBuilder::free`] takes it back; views of it are cheap.
+#[derive(Debug, PartialEq)]
+pub struct Tile {
+    space: Space,
+    core: u16,
+    serial: u64,
+    /// Byte offset within each partition and reserved bytes per partition.
+    offset: u64,
+    reserved: u64,
+    view: View,
+}
+
+impl Tile {
+    /// SBUF or PSUM.
+    pub fn space(&self) -> Space {
+        self.space
+    }
+    /// The core holding the tile.
+    pub fn core(&self) -> u16 {
+        self.core
+    }
+    /// Byte offset within each partition.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+forward_view_ops!(Tile);
+
+/// `N` tiles of one shape used in rotation, for double (or deeper) buffering.
+/// Reusing a buffer is safe: the builder orders the new writes after the old
+/// reads (WAR) and writes (WAW).
+#[derive(Debug)]
+pub struct TilePool {
+    tiles: Vec<Tile>,
+    next: usize,
+}
+
+impl TilePool {
+    /// A view of the next buffer in rotation.
+    // Not an `Iterator`: the rotation never ends and borrows nothing.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> View {
+        let i = self.next % self.tiles.len().max(1);
+        self.next = self.next.wrapping_add(1);
+        self.tiles.get(i).map(Tile::view).unwrap_or_else(|| View::hbm("empty pool", 0, &[0], DType::U8))
+    }
+
+    /// Number of buffers.
+    pub fn len(&self) -> usize {
+        self.tiles.len()
+    }
+
+    /// True when the pool has no buffers (never, for a pool from the builder).
+    pub fn is_empty(&self) -> bool {
+        self.tiles.is_empty()
+    }
+
+    /// Buffer `i`.
+    pub fn tile(&self, i: usize) -> Option<&Tile> {
+        self.tiles.get(i)
+    }
+}
+
+/// Per-core allocator state.
+#[derive(Debug)]
+struct CoreMem {
+    sbuf: FreeList,
+    psum: FreeList,
+    dma_turn: usize,
+}
+
+/// Builds one [`Program`]: declare HBM tensors, allocate tiles, append
+/// instructions; dependencies are computed as instructions are appended.
+#[derive(Debug)]
+pub struct KernelBuilder {
+    chip: ChipSpec,
+    program: Program,
+    names: HashSet<String>,
+    hbm_next: u64,
+    cores: Vec<CoreMem>,
+    core: u16,
+    dma_queues: Vec<u8>,
+    deps: DepTracker,
+    next_serial: u64,
+    live_tiles: HashSet<u64>,
+}
+
+impl KernelBuilder {
+    /// An empty kernel named `name` for `chip`, issuing to core 0.
+    pub fn new(name: &str, chip: &ChipSpec) -> Self {
+        let queues = (DEFAULT_DMA_QUEUES as u32).min(chip.core.dma.queues).max(1) as u8;
+        KernelBuilder {
+            chip: chip.clone(),
+            program: Program::new(name),
+            names: HashSet::new(),
+            hbm_next: 0,
+            cores: Vec::new(),
+            core: 0,
+            dma_queues: (0..queues).collect(),
+            deps: DepTracker::default(),
+            next_serial: (BUILDERS.fetch_add(1, Ordering::Relaxed) as u64) << 32,
+            live_tiles: HashSet::new(),
+        }
+    }
+
+    /// The chip this kernel is built for.
+    pub fn chip(&self) -> &ChipSpec {
+        &self.chip
+    }
+
+    /// Sends the following instructions and tile allocations to core `c`.
+    pub fn core(&mut self, c: u16) -> Result<(), BuildError> {
+        if c as u32 >= self.chip.chip.cores {
+            return Err(BuildError::NoSuchCore { core: c, cores: self.chip.chip.cores });
+        }
+        self.core = c;
+        Ok(())
+    }
+
+    /// The core instructions currently go to.
+    pub fn current_core(&self) -> u16 {
+        self.core
+    }
+
+    /// Sets the DMA queues [`KernelBuilder::dma`] rotates over (default `0..4`).
+    pub fn set_dma_queues(&mut self, queues: &[u8]) -> Result<(), BuildError> {
+        let have = self.chip.core.dma.queues;
+        if let Some(&q) = queues.iter().find(|&&q| q as u32 >= have) {
+            return Err(BuildError::NoSuchQueue { queue: q as u32, queues: have });
+        }
+        if queues.is_empty() {
+            return Err(BuildError::NoSuchQueue { queue: 0, queues: 0 });
+        }
+        self.dma_queues = queues.to_vec();
+        Ok(())
+    }
+
+    pub(crate) fn check_queue(&self, queue: u8) -> Result<(), BuildError> {
+        let have = self.chip.core.dma.queues;
+        if queue as u32 >= have {
+            return Err(BuildError::NoSuchQueue { queue: queue as u32, queues: have });
+        }
+        Ok(())
+    }
+
+    /// The next DMA queue of the current core in round-robin order.
+    pub(crate) fn next_queue(&mut self) -> u8 {
+        let n = self.dma_queues.len().max(1);
+        let mem = self.mem();
+        let turn = mem.dma_turn;
+        mem.dma_turn = turn.wrapping_add(1);
+        self.dma_queues.get(turn % n).copied().unwrap_or(0)
+    }
+
+    fn mem(&mut self) -> &mut CoreMem {
+        self.mem_of(self.core)
+    }
+
+    fn mem_of(&mut self, core: u16) -> &mut CoreMem {
+        let core = core as usize;
+        while self.cores.len() <= core {
+            self.cores.push(CoreMem {
+                sbuf: FreeList::new(self.chip.core.sbuf.bytes_per_partition as u64),
+                psum: FreeList::new(self.chip.core.psum.bytes_per_partition as u64),
+                dma_turn: 0,
+            });
+        }
+        &mut self.cores[core]
+    }
+
+    fn declare(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        kind: TensorKind,
+    ) -> Result<HbmTensor, BuildError> {
+        if !self.names.insert(name.to_string()) {
+            return Err(BuildError::DuplicateTensor { name: name.to_string() });
+        }
+        let bad = |message: &str| BuildError::BadShape {
+            what: format!("tensor `{name}`"),
+            shape: shape.to_vec(),
+            message: message.to_string(),
+        };
+        if shape.contains(&0) {
+            return Err(bad("dimensions must be positive"));
+        }
+        let bytes = shape
+            .iter()
+            .try_fold(dtype.size() as u64, |acc, &n| acc.checked_mul(n as u64))
+            .ok_or_else(|| bad("size overflows"))?;
+        let offset = align_up(self.hbm_next, ALIGN);
+        let capacity = self.chip.chip.hbm_bytes;
+        if offset.checked_add(bytes).is_none_or(|end| end > capacity) {
+            return Err(BuildError::OutOfHbm {
+                tensor: name.to_string(),
+                requested: bytes,
+                free: capacity.saturating_sub(offset),
+            });
+        }
+        self.hbm_next = offset + bytes;
+        self.program.tensors.push(TensorDecl {
+            name: name.to_string(),
+            kind,
+            dtype,
+            shape: shape.iter().map(|&n| n as u64).collect(),
+            offset,
+        });
+        Ok(HbmTensor { name: name.to_string(), kind, offset, view: View::hbm(name, offset, shape, dtype) })
+    }
+
+    /// Declares an input tensor (bound by the caller before the run).
+    pub fn hbm_input(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<HbmTensor, BuildError> {
+        self.declare(name, shape, dtype, TensorKind::Input)
+    }
+
+    /// Declares an output tensor (read back after the run).
+    pub fn hbm_output(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<HbmTensor, BuildError> {
+        self.declare(name, shape, dtype, TensorKind::Output)
+    }
+
+    /// Declares a scratch tensor owned by the program.
+    pub fn hbm_scratch(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<HbmTensor, BuildError> {
+        self.declare(name, shape, dtype, TensorKind::Scratch)
+    }
+
+    fn tile(&mut self, space: Space, shape: &[usize], dtype: DType) -> Result<Tile, BuildError> {
+        let core = self.core;
+        let label = format!("{}#{}", space.name(), self.next_serial & u32::MAX as u64);
+        let spec = if space == Space::Psum { &self.chip.core.psum } else { &self.chip.core.sbuf };
+        let max = spec.partitions;
+        let p = shape.first().copied().unwrap_or(0);
+        if p == 0 || p > max as usize {
+            return Err(BuildError::BadPartitions { tile: label, partitions: p, max });
+        }
+        if space == Space::Hbm {
+            return Err(BuildError::BadShape {
+                what: label,
+                shape: shape.to_vec(),
+                message: "not an on-chip space".into(),
+            });
+        }
+        let bytes = shape[1..]
+            .iter()
+            .try_fold(dtype.size() as u64, |acc, &n| acc.checked_mul(n as u64))
+            .filter(|&b| b > 0)
+            .ok_or_else(|| BuildError::BadShape {
+                what: label.clone(),
+                shape: shape.to_vec(),
+                message: "free dimensions must be positive and fit the memory".into(),
+            })?;
+        let reserved = align_up(bytes, ALIGN);
+        let (bank, generation) = (self.chip.psum_bank_bytes() as u64, self.chip.generation);
+        let mem = self.mem();
+        let list = if space == Space::Psum { &mut mem.psum } else { &mut mem.sbuf };
+        let placed = if space == Space::Psum {
+            list.alloc(reserved, |s| psum_place(s, reserved, bank, generation))
+        } else {
+            list.alloc(reserved, |s| align_up(s, ALIGN))
+        };
+        let Some(offset) = placed else {
+            let (free, largest) = (list.free_bytes(), list.largest());
+            return Err(if space == Space::Psum {
+                BuildError::OutOfPsum { core, tile: label, requested: reserved, free, largest }
+            } else {
+                BuildError::OutOfSbuf { core, tile: label, requested: reserved, free, largest }
+            });
+        };
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        self.live_tiles.insert(serial);
+        let view = View::sram(space, core, serial, &label, offset, shape, dtype);
+        Ok(Tile { space, core, serial, offset, reserved, view })
+    }
+
+    /// Allocates an SBUF tile `[P, free...]` on the current core (P ≤ partitions).
+    pub fn sbuf_tile(&mut self, shape: &[usize], dtype: DType) -> Result<Tile, BuildError> {
+        self.tile(Space::Sbuf, shape, dtype)
+    }
+
+    /// Allocates a PSUM tile `[P, free...]` on the current core; before
+    /// NeuronCore-v4 a tile of at most one bank never straddles two banks.
+    pub fn psum_tile(&mut self, shape: &[usize], dtype: DType) -> Result<Tile, BuildError> {
+        self.tile(Space::Psum, shape, dtype)
+    }
+
+    /// Gives a tile's memory back. Later tiles may reuse it; dependencies are
+    /// tracked by address, so that reuse is ordered after this tile's accesses.
+    /// Views of a freed tile are refused by later instructions.
+    pub fn free(&mut self, tile: Tile) -> Result<(), BuildError> {
+        let live = self.live_tiles.remove(&tile.serial);
+        let mem = self.mem_of(tile.core);
+        let list = if tile.space == Space::Psum { &mut mem.psum } else { &mut mem.sbuf };
+        if live && list.release(tile.offset, tile.reserved) {
+            Ok(())
+        } else {
+            Err(BuildError::NotAllocated { tile: AsAp::label(&tile), core: tile.core })
+        }
+    }
+
+    /// Allocates `bufs` tiles of one shape in `space` for rotation.
+    pub fn tile_pool(
+        &mut self,
+        space: Space,
+        shape: &[usize],
+        dtype: DType,
+        bufs: usize,
+    ) -> Result<TilePool, BuildError> {
+        let mut tiles = Vec::with_capacity(bufs);
+        if bufs == 0 {
+            return Err(BuildError::BadShape {
+                what: "tile pool".into(),
+                shape: shape.to_vec(),
+                message: "a pool needs at least one buffer".into(),
+            });
+        }
+        for _ in 0..bufs {
+            match self.tile(space, shape, dtype) {
+                Ok(t) => tiles.push(t),
+                Err(e) => {
+                    for t in tiles {
+                        self.free(t)?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(TilePool { tiles, next: 0 })
+    }
+
+    /// An SBUF [`TilePool`] of `bufs` buffers.
+    pub fn sbuf_pool(&mut self, shape: &[usize], dtype: DType, bufs: usize) -> Result<TilePool, BuildError> {
+        self.tile_pool(Space::Sbuf, shape, dtype, bufs)
+    }
+
+    /// A PSUM [`TilePool`] of `bufs` buffers.
+    pub fn psum_pool(&mut self, shape: &[usize], dtype: DType, bufs: usize) -> Result<TilePool, BuildError> {
+        self.tile_pool(Space::Psum, shape, dtype, bufs)
+    }
+
+    /// Frees every buffer of a pool.
+    pub fn free_pool(&mut self, pool: TilePool) -> Result<(), BuildError> {
+        pool.tiles.into_iter().try_for_each(|t| self.free(t))
+    }
+
+    /// Bytes per partition still free in the current core's SBUF.
+    pub fn sbuf_free_bytes(&mut self) -> u64 {
+        self.mem().sbuf.free_bytes()
+    }
+
+    /// Bytes per partition still free in the current core's PSUM.
+    pub fn psum_free_bytes(&mut self) -> u64 {
+        self.mem().psum.free_bytes()
+    }
+
+    /// The id the next instruction will get.
+    pub fn next_id(&self) -> InstId {
+        InstId(self.program.insts.len() as u32)
+    }
+
+    /// The instructions appended so far.
+    pub fn insts(&self) -> &[Inst] {
+        &self.program.insts
+    }
+
+    /// `mnemonic %id` of the instruction being built, for messages.
+    pub(crate) fn here(&self, mnemonic: &str) -> String {
+        format!("{mnemonic} {}", self.next_id())
+    }
+
+    /// Resolves an operand to its access pattern, checking that it lives on
+    /// the current core and is not empty.
+    pub(crate) fn operand(&self, mnemonic: &str, name: &'static str, v: &impl AsAp) -> Result<Ap, BuildError> {
+        let wrap = |e| BuildError::Operand { inst: self.here(mnemonic), operand: name, source: Box::new(e) };
+        let ap = v.to_ap().map_err(wrap)?;
+        check_extent(&ap).map_err(|message| wrap(BuildError::View { view: v.label(), message }))?;
+        if let Some(serial) = v.tile_serial() {
+            if !self.live_tiles.contains(&serial) {
+                return Err(BuildError::FreedTile { inst: self.here(mnemonic), operand: name, tile: v.label() });
+            }
+        }
+        if let Some(c) = v.home_core() {
+            if c != self.core && ap.space.is_sram() {
+                return Err(BuildError::WrongCore {
+                    inst: self.here(mnemonic),
+                    operand: name,
+                    tile: v.label(),
+                    tile_core: c,
+                    core: self.core,
+                });
+            }
+        }
+        if ap.elements() == 0 {
+            return Err(BuildError::Shape { inst: self.here(mnemonic), message: format!("operand `{name}` is empty") });
+        }
+        Ok(ap)
+    }
+
+    /// Appends `op` on the current core with its computed dependencies.
+    pub(crate) fn push(&mut self, op: Op) -> Result<InstId, BuildError> {
+        let id = self.program.insts.len();
+        if id >= u32::MAX as usize {
+            return Err(BuildError::TooManyInstructions { max: u32::MAX as u64 });
+        }
+        let operands: Vec<(Ap, Role)> = op.operands().into_iter().map(|(_, ap, role)| (*ap, role)).collect();
+        let deps = self.deps.add(self.core, op.unit(), &operands);
+        self.program.insts.push(Inst { op, core: self.core, deps });
+        Ok(InstId(id as u32))
+    }
+
+    /// The finished program, checked with `trainyard_isa::validate` against the chip.
+    pub fn finish(self) -> Result<Program, BuildError> {
+        trainyard_isa::validate(&self.program, &self.chip)?;
+        Ok(self.program)
+    }
+
+    /// The program without validation: for tools and tests that want to see
+    /// what the validator rejects (or feed a race checker any pattern).
+    pub fn finish_unchecked(self) -> Program {
+        self.program
+    }
+}
+
+/// Rejects patterns whose element count or byte span does not fit 64-bit
+/// arithmetic, so that later `Ap` arithmetic (which does not check) cannot overflow.
+fn check_extent(ap: &Ap) -> Result<(), String> {
+    let dims = ap.free_dims();
+    let elements = dims.iter().fold(ap.partitions as u128, |acc, d| acc.saturating_mul(d.size as u128));
+    let reach = |stride: i64, size: u32| (stride as i128 * (size.max(1) as i128 - 1)).abs();
+    let mut span = dims.iter().map(|d| reach(d.stride, d.size)).sum::<i128>() + 1;
+    if ap.space == Space::Hbm {
+        span += reach(ap.partition_stride, ap.partitions);
+    }
+    let bytes = span.saturating_mul(ap.dtype.size() as i128) + ap.offset as i128;
+    if elements > (1u128 << 48) || bytes > (1i128 << 60) {
+        return Err(format!("{elements} elements over {bytes} bytes is beyond any memory"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chip(name: &str) -> ChipSpec {
+        ChipSpec::by_name(name).unwrap()
+    }
+
+    #[test]
+    fn sbuf_overflow_is_a_typed_error_and_free_reuses() {
+        let c = chip("trn1");
+        let mut b = KernelBuilder::new("k", &c);
+        let per_part = c.core.sbuf.bytes_per_partition as usize;
+        let big = b.sbuf_tile(&[128, per_part / 4 - 16], DType::F32).unwrap();
+        let err = b.sbuf_tile(&[128, 64], DType::F32).unwrap_err();
+        match &err {
+            BuildError::OutOfSbuf { requested, free, core: 0, .. } => assert_eq!((*requested, *free), (256, 64)),
+            e => panic!("unexpected {e:?}"),
+        }
+        assert!(err.to_string().contains("sbuf#1"), "{err}");
+        let off = big.offset();
+        let view = big.cols(0..4);
+        b.free(big).unwrap();
+        let e = b.memset(trainyard_isa::Engine::Vector, &view, 0.0).unwrap_err();
+        assert!(matches!(&e, BuildError::FreedTile { operand: "dst", .. }) && e.to_string().contains("sbuf#0"), "{e}");
+        let mut other = KernelBuilder::new("other", &c);
+        let foreign = other.sbuf_tile(&[1, 4], DType::F32).unwrap();
+        assert!(matches!(b.free(foreign), Err(BuildError::NotAllocated { .. })));
+        let again = b.sbuf_tile(&[1, 4], DType::F32).unwrap();
+        assert_eq!(again.offset(), off);
+        assert_eq!(b.sbuf_free_bytes(), per_part as u64 - 64);
+    }
+
+    #[test]
+    fn absurd_operands_are_errors_not_panics() {
+        let mut b = KernelBuilder::new("k", &chip("trn2"));
+        let t = b.sbuf_tile(&[1, 4], DType::F32).unwrap();
+        let huge = t.cols(0..1).broadcast_free(u32::MAX as usize).reshape_free(&[1, u32::MAX as usize]);
+        let huge = huge.broadcast(1, u32::MAX as usize);
+        assert!(matches!(b.memset(trainyard_isa::Engine::Vector, huge, 0.0), Err(BuildError::Operand { .. })));
+        let wild = Ap::new(Space::Sbuf, 0, 1, 0, 0, &[trainyard_isa::Dim { stride: i64::MAX, size: 3 }], DType::F32);
+        assert!(matches!(b.memset(trainyard_isa::Engine::Vector, wild, 0.0), Err(BuildError::Operand { .. })));
+        let far = t.slice_step(1, 0..4, usize::MAX);
+        assert_eq!(far.ap().unwrap().free_dims(), &[trainyard_isa::Dim { stride: 1, size: 1 }]);
+    }
+
+    #[test]
+    fn psum_tiles_respect_banks_before_v4() {
+        for (name, want) in [("trn2", 2048), ("trn3", 1024)] {
+            let mut b = KernelBuilder::new("k", &chip(name));
+            let a = b.psum_tile(&[128, 256], DType::F32).unwrap();
+            let t = b.psum_tile(&[128, 384], DType::F32).unwrap();
+            assert_eq!((a.offset(), t.offset()), (0, want), "{name}");
+        }
+        let mut b = KernelBuilder::new("k", &chip("trn2"));
+        let _all = b.psum_pool(&[128, 512], DType::F32, 8).unwrap();
+        assert!(matches!(b.psum_tile(&[128, 1], DType::F32), Err(BuildError::OutOfPsum { free: 0, .. })));
+    }
+
+    #[test]
+    fn bad_tiles_and_tensors_are_errors() {
+        let mut b = KernelBuilder::new("k", &chip("trn2"));
+        assert!(matches!(b.sbuf_tile(&[129, 4], DType::F32), Err(BuildError::BadPartitions { .. })));
+        assert!(matches!(b.sbuf_tile(&[], DType::F32), Err(BuildError::BadPartitions { .. })));
+        assert!(matches!(b.sbuf_tile(&[4, 0], DType::F32), Err(BuildError::BadShape { .. })));
+        b.hbm_input("x", &[4], DType::F32).unwrap();
+        assert!(matches!(b.hbm_input("x", &[4], DType::F32), Err(BuildError::DuplicateTensor { .. })));
+        assert!(matches!(b.hbm_output("huge", &[1 << 40, 1 << 20], DType::F32), Err(BuildError::OutOfHbm { .. })));
+        assert!(matches!(b.core(8), Err(BuildError::NoSuchCore { .. })));
+        assert!(matches!(b.set_dma_queues(&[0, 16]), Err(BuildError::NoSuchQueue { queue: 16, .. })));
+        let t = b.sbuf_tile(&[4, 4], DType::F32).unwrap();
+        let pool = b.sbuf_pool(&[4, 4], DType::F32, 3).unwrap();
+        assert_eq!(pool.len(), 3);
+        b.free_pool(pool).unwrap();
+        b.free(t).unwrap();
+    }
+
+    #[test]
+    fn hbm_tensors_are_aligned_and_declared() {
+        let mut b = KernelBuilder::new("k", &chip("trn2"));
+        let x = b.hbm_input("x", &[3, 5], DType::Bf16).unwrap();
+        let y = b.hbm_output("y", &[7], DType::F32).unwrap();
+        let s = b.hbm_scratch("s", &[2, 2], DType::U8).unwrap();
+        assert_eq!((x.offset(), y.offset(), s.offset()), (0, 64, 128));
+        let p = b.finish().unwrap();
+        let kinds: Vec<TensorKind> = p.tensors.iter().map(|t| t.kind).collect();
+        assert_eq!(kinds, [TensorKind::Input, TensorKind::Output, TensorKind::Scratch]);
+        assert_eq!(p.tensor("x").unwrap().shape, vec![3, 5]);
+    }
+}

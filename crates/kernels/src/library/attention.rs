@@ -1,0 +1,8 @@
+//! Kernels of the `attention` family.
+
+use super::Kernel;
+
+/// The kernels of this family.
+pub fn kernels() -> Vec<Box<dyn Kernel>> {
+    Vec::new()
+}
