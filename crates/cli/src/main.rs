@@ -145,8 +145,13 @@ pub(crate) fn load_program(path: &Path) -> Result<Program> {
     if Program::is_binary(&bytes) {
         return Program::from_bytes(&bytes).with_context(|| format!("{}", path.display()));
     }
-    let text = String::from_utf8(bytes)
-        .map_err(|e| anyhow::anyhow!("{}: not a binary program and not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a binary program and not UTF-8 text (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
     Program::parse(&text).with_context(|| format!("{}", path.display()))
 }
 
@@ -312,7 +317,11 @@ fn demo_error(session: &Session, m: usize, k: usize, n: usize) -> Result<f64> {
 
 fn convert(input: &Path, output: &Path) -> Result<()> {
     let program = load_program(input)?;
-    let bytes = if output.extension().is_some_and(|e| e == "tyb") { program.to_bytes() } else { program.to_text().into_bytes() };
+    let bytes = if output.extension().is_some_and(|e| e == "tyb") {
+        program.to_bytes()
+    } else {
+        program.to_text().into_bytes()
+    };
     let tmp = output.with_extension("tmp-trainyard");
     std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, output).with_context(|| format!("cannot write {}", output.display()))?;

@@ -232,6 +232,79 @@ impl fmt::Display for Unit {
     }
 }
 
+/// The operands of one instruction (at most [`MAX_OPERANDS`]), as a slice of
+/// `(name, access pattern, role)`.
+#[derive(Clone, Copy)]
+pub struct Operands<'a> {
+    items: [(&'static str, &'a Ap, Role); MAX_OPERANDS],
+    len: usize,
+}
+
+/// Most memory operands any instruction has.
+pub const MAX_OPERANDS: usize = 6;
+
+static NO_OPERAND: Ap = Ap {
+    space: crate::Space::Sbuf,
+    start_partition: 0,
+    partitions: 0,
+    partition_stride: 0,
+    offset: 0,
+    dims: [crate::Dim { stride: 0, size: 0 }; crate::MAX_FREE_DIMS],
+    ndims: 0,
+    dtype: trainyard_arch::DType::F32,
+};
+
+impl Default for Operands<'_> {
+    fn default() -> Self {
+        Operands { items: [("", &NO_OPERAND, Role::Read); MAX_OPERANDS], len: 0 }
+    }
+}
+
+impl<'a> Operands<'a> {
+    fn push(&mut self, item: (&'static str, &'a Ap, Role)) {
+        // Every variant has at most MAX_OPERANDS operands.
+        if self.len < MAX_OPERANDS {
+            self.items[self.len] = item;
+            self.len += 1;
+        }
+    }
+
+    fn extend<const N: usize>(&mut self, items: [(&'static str, &'a Ap, Role); N]) {
+        for item in items {
+            self.push(item);
+        }
+    }
+}
+
+impl<'a> std::ops::Deref for Operands<'a> {
+    type Target = [(&'static str, &'a Ap, Role)];
+    fn deref(&self) -> &Self::Target {
+        &self.items[..self.len]
+    }
+}
+
+impl<'a> IntoIterator for Operands<'a> {
+    type Item = (&'static str, &'a Ap, Role);
+    type IntoIter = std::iter::Take<std::array::IntoIter<(&'static str, &'a Ap, Role), MAX_OPERANDS>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.into_iter().take(self.len)
+    }
+}
+
+impl<'a, 'b> IntoIterator for &'b Operands<'a> {
+    type Item = &'b (&'static str, &'a Ap, Role);
+    type IntoIter = std::slice::Iter<'b, (&'static str, &'a Ap, Role)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl std::fmt::Debug for Operands<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// How an instruction uses an operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -303,9 +376,10 @@ impl Op {
     }
 
     /// Every memory operand with its name and role, destination(s) first.
-    pub fn operands(&self) -> Vec<(&'static str, &Ap, Role)> {
+    /// (No heap allocation: this runs once per simulated instruction.)
+    pub fn operands(&self) -> Operands<'_> {
         use Role::*;
-        let mut v: Vec<(&'static str, &Ap, Role)> = Vec::with_capacity(4);
+        let mut v = Operands::default();
         match self {
             Op::MatMul { dst, stationary, moving, .. } => {
                 v.extend([("dst", dst, Write), ("stationary", stationary, Read), ("moving", moving, Read)])

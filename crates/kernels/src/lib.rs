@@ -76,9 +76,9 @@ mod check;
 pub mod demo;
 mod deps;
 mod error;
-mod insts;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
+mod insts;
 pub mod library;
 mod view;
 

@@ -16,6 +16,7 @@ pub(crate) struct Executor {
     c: Vec<f32>,
     bits_a: Vec<u32>,
     bits_b: Vec<u32>,
+    bytes: Vec<u8>,
 }
 
 fn is_int(ap: &Ap) -> bool {
@@ -24,7 +25,16 @@ fn is_int(ap: &Ap) -> bool {
 
 impl Executor {
     pub fn new(mem: Memory, rounder: Rounder) -> Self {
-        Executor { mem, rounder, a: Vec::new(), b: Vec::new(), c: Vec::new(), bits_a: Vec::new(), bits_b: Vec::new() }
+        Executor {
+            mem,
+            rounder,
+            a: Vec::new(),
+            b: Vec::new(),
+            c: Vec::new(),
+            bits_a: Vec::new(),
+            bits_b: Vec::new(),
+            bytes: Vec::new(),
+        }
     }
 
     /// Executes one instruction on `core`.
@@ -39,6 +49,15 @@ impl Executor {
         }
         match op {
             Op::MatMul { dst, stationary, moving, start, .. } => self.matmul(core, dst, stationary, moving, *start),
+            // Equal dtypes move raw bits: an f32 round trip would round 32-bit integers.
+            Op::Transpose { dst, src, .. } if dst.dtype == src.dtype => {
+                self.mem.read_bits(core, src, &mut self.bits_a);
+                let (p, f) = (src.partitions as usize, src.free_size() as usize);
+                self.bits_b.clear();
+                self.bits_b
+                    .extend((0..f).flat_map(|j| (0..p).map(move |i| (i, j))).map(|(i, j)| self.bits_a[i * f + j]));
+                self.mem.write_bits(core, dst, &self.bits_b);
+            }
             Op::Transpose { dst, src, .. } => {
                 self.mem.read_f32(core, src, &mut self.a);
                 let (p, f) = (src.partitions as usize, src.free_size() as usize);
@@ -47,6 +66,25 @@ impl Executor {
                 self.mem.write_f32(core, dst, &self.c, &mut self.rounder);
             }
             Op::TensorTensor { engine, op, dst, in0, in1 } => self.tensor_tensor(core, *engine, *op, dst, in0, in1),
+            // Bitvec stages act on raw integer bits, as in tensor_tensor (HW-DT-MATH).
+            Op::TensorScalar { dst, src, first, second, .. }
+                if first.op.is_bitwise() || second.is_some_and(|s| s.op.is_bitwise()) =>
+            {
+                let s0 = self.scalar_bits(core, &first.operand, src.partitions);
+                let s1 = second.as_ref().map(|s| self.scalar_bits(core, &s.operand, src.partitions));
+                self.mem.read_bits(core, src, &mut self.bits_a);
+                let f = (src.free_size() as usize).max(1);
+                let mask = dst.dtype.mask();
+                for (idx, x) in self.bits_a.iter_mut().enumerate() {
+                    let p = idx / f;
+                    let mut v = stage_bits(first, *x, s0[p]);
+                    if let (Some(stage), Some(vals)) = (second, &s1) {
+                        v = stage_bits(stage, v, vals[p]);
+                    }
+                    *x = v & mask;
+                }
+                self.mem.write_bits(core, dst, &self.bits_a);
+            }
             Op::TensorScalar { dst, src, first, second, .. } => {
                 let s0 = self.scalar_values(core, &first.operand, src.partitions);
                 let s1 = second.as_ref().map(|s| self.scalar_values(core, &s.operand, src.partitions));
@@ -62,11 +100,22 @@ impl Executor {
                 }
                 self.mem.write_f32(core, dst, &self.a, &mut self.rounder);
             }
+            // Bitvec reductions act on raw bits and start from the first
+            // element (AND has no zero identity).
+            Op::TensorReduce { op, dst, src, axes, .. } if op.is_bitwise() => {
+                self.mem.read_bits(core, src, &mut self.bits_a);
+                let mask = dst.dtype.mask();
+                self.bits_b.clear();
+                for chunk in self.bits_a.chunks(reduce_group(src, *axes)) {
+                    if let Some((&first, rest)) = chunk.split_first() {
+                        self.bits_b.push(rest.iter().fold(first, |acc, &x| op.apply_bits(acc, x)) & mask);
+                    }
+                }
+                self.mem.write_bits(core, dst, &self.bits_b);
+            }
             Op::TensorReduce { op, dst, src, axes, negate, .. } => {
                 self.mem.read_f32(core, src, &mut self.a);
-                let dims = src.free_dims();
-                let keep = dims.len().saturating_sub(*axes as usize);
-                let group: usize = dims[keep..].iter().map(|d| d.size as usize).product::<usize>().max(1);
+                let group = reduce_group(src, *axes);
                 self.c.clear();
                 for chunk in self.a.chunks(group) {
                     let mut acc = op.identity();
@@ -128,12 +177,27 @@ impl Executor {
             Op::Memset { dst, value, .. } => {
                 let n = dst.elements() as usize;
                 if dst.dtype.is_int() {
-                    self.store_ints(core, dst, &vec![*value as i64; n]);
+                    // Float to integer rounds to nearest even (HW-DT-F2I), like any store.
+                    self.store_ints(core, dst, &vec![value.round_ties_even() as i64; n]);
                 } else {
                     self.a.clear();
                     self.a.resize(n, *value as f32);
                     self.mem.write_f32(core, dst, &self.a, &mut self.rounder);
                 }
+            }
+            Op::PartitionReduce { op, dst, src } if op.is_bitwise() => {
+                self.mem.read_bits(core, src, &mut self.bits_a);
+                let mask = dst.dtype.mask();
+                let mut rows = self.bits_a.chunks((src.free_size() as usize).max(1));
+                self.bits_b.clear();
+                self.bits_b.extend_from_slice(rows.next().unwrap_or(&[]));
+                for row in rows {
+                    for (acc, &x) in self.bits_b.iter_mut().zip(row) {
+                        *acc = op.apply_bits(*acc, x);
+                    }
+                }
+                self.bits_b.iter_mut().for_each(|b| *b &= mask);
+                self.mem.write_bits(core, dst, &self.bits_b);
             }
             Op::PartitionReduce { op, dst, src } => {
                 self.mem.read_f32(core, src, &mut self.a);
@@ -165,6 +229,16 @@ impl Executor {
                     }
                     self.mem.write_f32(core, dst, &self.c, &mut self.rounder);
                 }
+            }
+            Op::PartitionShuffle { dst, src, perm } if dst.dtype == src.dtype => {
+                let f = src.free_size() as usize;
+                self.mem.read_bits(core, src, &mut self.bits_a);
+                self.bits_b.clear();
+                for &p in perm {
+                    let p = p as usize;
+                    self.bits_b.extend_from_slice(&self.bits_a[p * f..p * f + f]);
+                }
+                self.mem.write_bits(core, dst, &self.bits_b);
             }
             Op::PartitionShuffle { dst, src, perm } => {
                 let f = src.free_size() as usize;
@@ -291,8 +365,8 @@ impl Executor {
     /// (saturating), through f32 otherwise (HW-DT-COPY).
     fn copy(&mut self, core: usize, dst: &Ap, src: &Ap) {
         if dst.dtype == src.dtype {
-            self.mem.read_bits(core, src, &mut self.bits_a);
-            self.mem.write_bits(core, dst, &self.bits_a);
+            self.mem.gather_bytes(core, src, &mut self.bytes);
+            self.mem.scatter_bytes(core, dst, &self.bytes);
         } else if dst.dtype.is_int() && src.dtype.is_int() {
             self.mem.read_bits(core, src, &mut self.bits_a);
             let vals: Vec<i64> = self.bits_a.iter().map(|&b| src.dtype.decode_int(b)).collect();
@@ -315,6 +389,19 @@ impl Executor {
         }
     }
 
+    /// Raw bits of a bitvec stage's operand: an immediate converts to an integer.
+    fn scalar_bits(&mut self, core: usize, operand: &Operand, partitions: u32) -> Vec<u32> {
+        match operand {
+            Operand::Imm(v) => vec![*v as i64 as u32; partitions as usize],
+            Operand::PerPartition(ap) => {
+                let mut out = Vec::new();
+                self.mem.read_bits(core, ap, &mut out);
+                out.resize(partitions as usize, 0);
+                out
+            }
+        }
+    }
+
     fn scalar_values(&mut self, core: usize, operand: &Operand, partitions: u32) -> Vec<f32> {
         match operand {
             Operand::Imm(v) => vec![*v; partitions as usize],
@@ -325,6 +412,23 @@ impl Executor {
                 out
             }
         }
+    }
+}
+
+/// Elements per reduced group: the product of the innermost `axes` free dims.
+fn reduce_group(src: &Ap, axes: u8) -> usize {
+    let dims = src.free_dims();
+    let keep = dims.len().saturating_sub(axes as usize);
+    dims[keep..].iter().map(|d| d.size as usize).product::<usize>().max(1)
+}
+
+/// One bitvec stage on raw bits; `bypass` passes its first operand through.
+fn stage_bits(stage: &ScalarStage, x: u32, operand: u32) -> u32 {
+    let (a, b) = if stage.reverse { (operand, x) } else { (x, operand) };
+    if stage.op == AluOp::Bypass {
+        a
+    } else {
+        stage.op.apply_bits(a, b)
     }
 }
 

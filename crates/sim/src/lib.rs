@@ -42,6 +42,7 @@ pub mod cost;
 pub mod dma;
 mod exec;
 mod mem;
+mod plan;
 mod race;
 mod sched;
 

@@ -160,6 +160,44 @@ impl Memory {
         }
     }
 
+    /// Copies the raw bytes of every element of `ap`, in element order
+    /// (one `memcpy` per contiguous run).
+    pub fn gather_bytes(&self, core: usize, ap: &Ap, out: &mut Vec<u8>) {
+        out.clear();
+        let (mem, bpp) = self.space(core, ap.space);
+        let es = ap.dtype.size();
+        for_each_row(ap, bpp, |addr, inner| {
+            if inner.stride == 1 {
+                out.extend_from_slice(&mem[addr..addr + inner.size as usize * es]);
+            } else {
+                for i in 0..inner.size as i64 {
+                    let a = (addr as i64 + i * inner.stride * es as i64) as usize;
+                    out.extend_from_slice(&mem[a..a + es]);
+                }
+            }
+        });
+    }
+
+    /// Writes raw element bytes (element order) to `ap`.
+    pub fn scatter_bytes(&mut self, core: usize, ap: &Ap, bytes: &[u8]) {
+        let (mem, bpp) = self.space_mut(core, ap.space);
+        let es = ap.dtype.size();
+        let mut k = 0usize;
+        for_each_row(ap, bpp, |addr, inner| {
+            if inner.stride == 1 {
+                let n = inner.size as usize * es;
+                mem[addr..addr + n].copy_from_slice(&bytes[k..k + n]);
+                k += n;
+            } else {
+                for i in 0..inner.size as i64 {
+                    let a = (addr as i64 + i * inner.stride * es as i64) as usize;
+                    mem[a..a + es].copy_from_slice(&bytes[k..k + es]);
+                    k += es;
+                }
+            }
+        });
+    }
+
     /// Reads every element's raw bits, in element order.
     pub fn read_bits(&self, core: usize, ap: &Ap, out: &mut Vec<u32>) {
         out.clear();

@@ -28,9 +28,12 @@ pub(crate) struct Record {
     generation: u32,
 }
 
+/// Bucketed records of one memory. Reads and writes are kept apart: a read
+/// only has to be checked against writes.
 struct Shadow {
     bucket_shift: u32,
-    buckets: Vec<Vec<(u32, u32)>>,
+    reads: Vec<Vec<(u32, u32)>>,
+    writes: Vec<Vec<(u32, u32)>>,
 }
 
 impl Shadow {
@@ -39,11 +42,12 @@ impl Shadow {
         while (bytes >> shift) > (1 << 20) {
             shift += 1;
         }
-        Shadow { bucket_shift: shift, buckets: vec![Vec::new(); ((bytes >> shift) + 1) as usize] }
+        let n = ((bytes >> shift) + 1) as usize;
+        Shadow { bucket_shift: shift, reads: vec![Vec::new(); n], writes: vec![Vec::new(); n] }
     }
 
     fn range(&self, lo: i64, hi: i64) -> std::ops::RangeInclusive<usize> {
-        let last = self.buckets.len() - 1;
+        let last = self.writes.len() - 1;
         let a = ((lo.max(0) as u64) >> self.bucket_shift) as usize;
         let b = (((hi - 1).max(0) as u64) >> self.bucket_shift) as usize;
         a.min(last)..=b.min(last)
@@ -57,6 +61,9 @@ pub(crate) struct Conflict {
 }
 
 pub(crate) struct RaceChecker {
+    /// Per unit: the lowest sequence number of that unit's accesses that some
+    /// still-running unit may not have seen yet, minus one.
+    horizon: Vec<u32>,
     records: Vec<Record>,
     free: Vec<u32>,
     hbm: Shadow,
@@ -117,15 +124,90 @@ fn dense(ap: &Ap, lo: i64, hi: i64) -> bool {
     runs == 1 && len == (hi - lo) as u64
 }
 
+/// The access being checked.
+struct Probe<'a> {
+    inst: u32,
+    core: usize,
+    clock: &'a [u32],
+    ap: &'a Ap,
+    write: bool,
+    covers_box: bool,
+    p0: u32,
+    p1: u32,
+    lo: i64,
+    hi: i64,
+}
+
+/// Checks `probe` against the records in `range` of one bucket list,
+/// dropping stale entries and retiring records the probe makes redundant.
+fn scan_buckets(
+    records: &mut [Record],
+    free: &mut Vec<u32>,
+    horizon: &[u32],
+    list: &mut [Vec<(u32, u32)>],
+    range: std::ops::RangeInclusive<usize>,
+    x: &Probe,
+) -> Option<Box<Conflict>> {
+    for b in range {
+        let bucket = &mut list[b];
+        let mut k = 0;
+        while k < bucket.len() {
+            let (id, generation) = bucket[k];
+            let r = &mut records[id as usize];
+            if !r.alive || r.generation != generation {
+                bucket.swap_remove(k);
+                continue;
+            }
+            // Every unit that will run again has seen this access: retire it.
+            if horizon.get(r.unit as usize).is_some_and(|&h| h >= r.seq) {
+                r.alive = false;
+                free.push(id);
+                bucket.swap_remove(k);
+                continue;
+            }
+            k += 1;
+            if r.p1 <= x.p0 || x.p1 <= r.p0 || r.hi <= x.lo || x.hi <= r.lo || r.inst == x.inst {
+                continue;
+            }
+            let ordered = x.clock.get(r.unit as usize).is_some_and(|&c| c >= r.seq);
+            if !ordered {
+                if exact_overlap(&r.ap, x.ap) {
+                    let space = match x.ap.space {
+                        Space::Hbm => "hbm".to_string(),
+                        s => format!("{s} of core {}", x.core),
+                    };
+                    return Some(Box::new(Conflict { earlier: r.clone(), space }));
+                }
+                continue;
+            }
+            // A covering write after older accesses makes them redundant.
+            let covered = x.covers_box && x.p0 <= r.p0 && r.p1 <= x.p1 && x.lo <= r.lo && r.hi <= x.hi;
+            if covered && x.write {
+                r.alive = false;
+                free.push(id);
+            }
+        }
+    }
+    None
+}
+
 impl RaceChecker {
     pub fn new(hbm_bytes: u64, cores: usize, sbuf_bpp: u64, psum_bpp: u64) -> Self {
         RaceChecker {
+            horizon: Vec::new(),
             records: Vec::new(),
             free: Vec::new(),
             hbm: Shadow::new(hbm_bytes, 16),
             sbuf: (0..cores).map(|_| Shadow::new(sbuf_bpp, 11)).collect(),
             psum: (0..cores).map(|_| Shadow::new(psum_bpp, 11)).collect(),
         }
+    }
+
+    /// Sets the horizon: `horizon[u]` = the smallest clock entry for unit `u`
+    /// over every unit that still has instructions to run. Records at or below
+    /// it can never race again.
+    pub fn set_horizon(&mut self, horizon: Vec<u32>) {
+        self.horizon = horizon;
     }
 
     /// Checks one access against the shadow and records it.
@@ -156,39 +238,17 @@ impl RaceChecker {
             Space::Psum => &mut self.psum[core],
         };
         let range = shadow.range(lo, hi);
-        for b in range.clone() {
-            let bucket = &mut shadow.buckets[b];
-            let mut k = 0;
-            while k < bucket.len() {
-                let (id, generation) = bucket[k];
-                let id = id as usize;
-                let r = &mut self.records[id];
-                if !r.alive || r.generation != generation {
-                    bucket.swap_remove(k);
-                    continue;
-                }
-                k += 1;
-                if r.p1 <= p0 || p1 <= r.p0 || r.hi <= lo || hi <= r.lo || r.inst == inst {
-                    continue;
-                }
-                let ordered = clock.get(r.unit as usize).is_some_and(|&c| c >= r.seq);
-                if !ordered {
-                    if (r.write || write) && exact_overlap(&r.ap, ap) {
-                        let space = match ap.space {
-                            Space::Hbm => "hbm".to_string(),
-                            s => format!("{s} of core {core}"),
-                        };
-                        return Err(Box::new(Conflict { earlier: r.clone(), space }));
-                    }
-                    continue;
-                }
-                // Retire records this access makes redundant: a covering write
-                // after them, or a covering read of the same unit after a read.
-                let covered = covers_box && p0 <= r.p0 && r.p1 <= p1 && lo <= r.lo && r.hi <= hi;
-                if covered && (write || (!r.write && r.unit == unit)) {
-                    r.alive = false;
-                    self.free.push(id as u32);
-                }
+        let probe = Probe { inst, core, clock, ap, write, covers_box, p0, p1, lo, hi };
+        let mut scan = |list: &mut Vec<Vec<(u32, u32)>>| {
+            scan_buckets(&mut self.records, &mut self.free, &self.horizon, list, range.clone(), &probe)
+        };
+        // A read conflicts only with writes; a write with both.
+        if let Some(c) = scan(&mut shadow.writes) {
+            return Err(c);
+        }
+        if write {
+            if let Some(c) = scan(&mut shadow.reads) {
+                return Err(c);
             }
         }
         let mut rec = Record { inst, operand, unit, seq, write, p0, p1, lo, hi, ap: *ap, alive: true, generation: 0 };
@@ -205,8 +265,31 @@ impl RaceChecker {
             }
         };
         let generation = self.records[id as usize].generation;
+        let target = if write { &mut shadow.writes } else { &mut shadow.reads };
         for b in range {
-            shadow.buckets[b].push((id, generation));
+            let bucket = &mut target[b];
+            // Purge entries that can never matter again while we are here, so
+            // lists that are rarely scanned (reads of inputs) stay short.
+            if bucket.len() >= 8 {
+                let mut k = 0;
+                while k < bucket.len() {
+                    let (rid, g) = bucket[k];
+                    let r = &mut self.records[rid as usize];
+                    let stale = !r.alive || r.generation != g;
+                    if !stale && self.horizon.get(r.unit as usize).is_some_and(|&h| h >= r.seq) {
+                        r.alive = false;
+                        if rid != id {
+                            self.free.push(rid);
+                        }
+                    }
+                    if stale || !r.alive {
+                        bucket.swap_remove(k);
+                    } else {
+                        k += 1;
+                    }
+                }
+            }
+            bucket.push((id, generation));
         }
         Ok(())
     }

@@ -6,12 +6,12 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use trainyard_arch::{ChipSpec, SplitMix64};
-use trainyard_isa::{Ap, InstId, Op, Program, Role, Space, Unit};
+use trainyard_isa::{InstId, Program, Role, Unit};
 
-use crate::cost;
-use crate::dma::{self, Fluid, TransferShape};
+use crate::dma::{Fluid, TransferShape};
 use crate::exec::Executor;
 use crate::mem::{Memory, Rounder};
+use crate::plan::Plan;
 use crate::race::RaceChecker;
 use crate::{AccessSite, Mode, SimError, SimOptions};
 
@@ -65,24 +65,26 @@ pub struct RunResult {
 }
 
 struct UnitState {
-    core: u16,
-    unit: Unit,
-    queue: Vec<u32>,
     head: usize,
     free_at: u64,
     last: Option<u32>,
-    in_flight: bool,
+    /// The DMA transfer in flight on this queue: its shape index and data start time.
+    in_flight: Option<(u32, u64)>,
     seq: u32,
     clock: Vec<u32>,
     busy_ps: u64,
     bytes: u64,
 }
 
+/// How often (in dispatched instructions) the race checker's horizon is updated.
+const HORIZON_EVERY: u64 = 256;
+
 /// Simulates one program on one chip.
 pub struct Simulator<'p> {
     chip: ChipSpec,
     program: &'p Program,
     opts: SimOptions,
+    plan: Plan,
     exec: Option<Executor>,
 }
 
@@ -111,7 +113,8 @@ impl<'p> Simulator<'p> {
                 Some(Executor::new(mem, rounder))
             }
         };
-        Ok(Simulator { chip: chip.clone(), program, opts, exec })
+        let plan = Plan::new(chip, program);
+        Ok(Simulator { chip: chip.clone(), program, opts, plan, exec })
     }
 
     /// Copies raw little-endian element bytes into a program tensor.
@@ -141,32 +144,29 @@ impl<'p> Simulator<'p> {
 
     /// Runs the program to completion.
     pub fn run(&mut self) -> Result<RunResult, SimError> {
-        let mut run = Run::new(&self.chip, self.program, &self.opts);
+        let mut run = Run::new(&self.chip, self.program, &self.plan, &self.opts);
         run.go(self.exec.as_mut())?;
         Ok(run.finish())
     }
 }
 
 struct Run<'a> {
-    chip: &'a ChipSpec,
     program: &'a Program,
+    plan: &'a Plan,
     record_events: bool,
     units: Vec<UnitState>,
-    unit_of: Vec<u32>,
     remaining: Vec<u32>,
-    dependents_start: Vec<u32>,
-    dependents: Vec<u32>,
     done: Vec<u64>,
     events: Vec<InstEvent>,
     clocks: Vec<Option<Box<[u32]>>>,
     clock_refs: Vec<u32>,
+    /// Freed clocks, reused to avoid an allocation per instruction.
+    spare_clocks: Vec<Box<[u32]>>,
     races: Option<RaceChecker>,
     fluid: Fluid,
     starts: BinaryHeap<Reverse<(u64, u32)>>,
-    shapes: HashMap<u32, (TransferShape, u64)>,
+    dispatched: u64,
     worklist: Vec<u32>,
-    sem_ps: u64,
-    flops: u64,
     dma_bytes: u64,
     hbm_bytes: u64,
     executed: u64,
@@ -174,63 +174,22 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(chip: &'a ChipSpec, program: &'a Program, opts: &SimOptions) -> Self {
+    fn new(chip: &'a ChipSpec, program: &'a Program, plan: &'a Plan, opts: &SimOptions) -> Self {
         let n = program.insts.len();
-        let mut index: HashMap<(u16, Unit), u32> = HashMap::new();
-        let mut units: Vec<UnitState> = Vec::new();
-        let mut unit_of = Vec::with_capacity(n);
-        for (i, inst) in program.insts.iter().enumerate() {
-            let key = (inst.core, inst.op.unit());
-            let u = *index.entry(key).or_insert_with(|| {
-                units.push(UnitState {
-                    core: key.0,
-                    unit: key.1,
-                    queue: Vec::new(),
-                    head: 0,
-                    free_at: 0,
-                    last: None,
-                    in_flight: false,
-                    seq: 0,
-                    clock: Vec::new(),
-                    busy_ps: 0,
-                    bytes: 0,
-                });
-                units.len() as u32 - 1
-            });
-            units[u as usize].queue.push(i as u32);
-            unit_of.push(u);
-        }
-        // Dependents in CSR form; duplicate deps count once.
-        let mut remaining = vec![0u32; n];
-        let mut counts = vec![0u32; n + 1];
-        let mut deps_unique: Vec<Vec<u32>> = Vec::with_capacity(n);
-        for (i, inst) in program.insts.iter().enumerate() {
-            let mut d: Vec<u32> =
-                inst.deps.iter().map(|x| x.0).filter(|&x| (x as usize) < n && x as usize != i).collect();
-            d.sort_unstable();
-            d.dedup();
-            remaining[i] = d.len() as u32;
-            for &x in &d {
-                counts[x as usize + 1] += 1;
-            }
-            deps_unique.push(d);
-        }
-        for i in 0..n {
-            counts[i + 1] += counts[i];
-        }
-        let mut fill = counts.clone();
-        let mut dependents = vec![0u32; counts[n] as usize];
-        for (i, d) in deps_unique.iter().enumerate() {
-            for &x in d {
-                dependents[fill[x as usize] as usize] = i as u32;
-                fill[x as usize] += 1;
-            }
-        }
-        let unit_count = units.len();
-        for u in &mut units {
-            u.clock = vec![0; unit_count];
-        }
-        let clock_refs: Vec<u32> = (0..n).map(|i| counts[i + 1] - counts[i]).collect();
+        let unit_count = plan.units.len();
+        let remaining = (0..n).map(|i| plan.deps_start[i + 1] - plan.deps_start[i]).collect();
+        let units = (0..unit_count)
+            .map(|_| UnitState {
+                head: 0,
+                free_at: 0,
+                last: None,
+                in_flight: None,
+                seq: 0,
+                clock: if opts.check_races { vec![0; unit_count] } else { Vec::new() },
+                busy_ps: 0,
+                bytes: 0,
+            })
+            .collect();
         let k = &chip.core;
         let races = opts.check_races.then(|| {
             RaceChecker::new(
@@ -241,25 +200,25 @@ impl<'a> Run<'a> {
             )
         });
         Run {
-            chip,
             program,
+            plan,
             record_events: opts.record_events,
-            worklist: (0..units.len() as u32).collect(),
+            worklist: (0..unit_count as u32).collect(),
             units,
-            unit_of,
             remaining,
-            dependents_start: counts,
-            dependents,
             done: vec![u64::MAX; n],
             events: if opts.record_events { vec![InstEvent::default(); n] } else { Vec::new() },
             clocks: if opts.check_races { vec![None; n] } else { Vec::new() },
-            clock_refs,
+            clock_refs: if opts.check_races {
+                (0..n).map(|i| plan.dependents_start[i + 1] - plan.dependents_start[i]).collect()
+            } else {
+                Vec::new()
+            },
+            spare_clocks: Vec::new(),
             races,
             fluid: Fluid::new(chip),
             starts: BinaryHeap::new(),
-            shapes: HashMap::new(),
-            sem_ps: (k.elementwise.semaphore_ns * 1000.0).round() as u64,
-            flops: 0,
+            dispatched: 0,
             dma_bytes: 0,
             hbm_bytes: 0,
             executed: 0,
@@ -288,9 +247,10 @@ impl<'a> Run<'a> {
             } else {
                 let Some(Reverse((t, inst))) = self.starts.pop() else { break };
                 self.fluid.advance(t);
-                let (shape, _) = self.shapes[&inst];
-                let work = dma::transfer_work_ns(self.chip, &shape);
-                self.fluid.add(inst, self.program.insts[inst as usize].core, &shape, work);
+                let u = self.plan.unit_of[inst as usize] as usize;
+                let Some((shape, _)) = self.units[u].in_flight else { continue };
+                let core = self.plan.units[u].core;
+                self.fluid.add(inst, core, &self.plan.shapes[shape as usize], self.plan.work_ns[shape as usize]);
             }
             self.drain_worklist(&mut exec)?;
         }
@@ -305,13 +265,12 @@ impl<'a> Run<'a> {
         if let Some(e) = exec.as_deref_mut() {
             e.exec(InstId(i), inst.core as usize, &inst.op)?;
         }
-        let (shape, data_start) = self
-            .shapes
-            .remove(&i)
-            .unwrap_or((TransferShape { bytes: 0, descriptors: 0, max_engines: 1, hbm_sides: 0 }, t));
-        let u = self.unit_of[i as usize] as usize;
+        let u = self.plan.unit_of[i as usize] as usize;
         let unit = &mut self.units[u];
-        unit.in_flight = false;
+        let (shape, data_start) = match unit.in_flight.take() {
+            Some((s, start)) => (self.plan.shapes[s as usize], start),
+            None => (TransferShape { bytes: 0, descriptors: 0, max_engines: 1, hbm_sides: 0 }, t),
+        };
         unit.free_at = t;
         unit.busy_ps += t - data_start;
         unit.bytes += shape.bytes;
@@ -330,12 +289,11 @@ impl<'a> Run<'a> {
         self.done[i as usize] = t;
         self.executed += 1;
         self.total_ps = self.total_ps.max(t);
-        let (a, b) = (self.dependents_start[i as usize] as usize, self.dependents_start[i as usize + 1] as usize);
-        for k in a..b {
-            let j = self.dependents[k] as usize;
+        for &j in self.plan.dependents_of(i as usize) {
+            let j = j as usize;
             self.remaining[j] -= 1;
             if self.remaining[j] == 0 {
-                self.worklist.push(self.unit_of[j]);
+                self.worklist.push(self.plan.unit_of[j]);
             }
         }
     }
@@ -348,83 +306,77 @@ impl<'a> Run<'a> {
     }
 
     fn try_dispatch(&mut self, u: usize, exec: &mut Option<&mut Executor>) -> Result<(), SimError> {
+        let plan = self.plan;
+        let queue = &plan.units[u].queue;
         loop {
             let unit = &self.units[u];
-            let Some(&i) = unit.queue.get(unit.head) else { return Ok(()) };
-            if self.remaining[i as usize] > 0 || unit.in_flight {
+            let Some(&i) = queue.get(unit.head) else { return Ok(()) };
+            if self.remaining[i as usize] > 0 || unit.in_flight.is_some() {
                 return Ok(());
             }
-            let inst = &self.program.insts[i as usize];
             // Ready time: latest dependency completion (+ semaphore latency
             // across units, HW-SYNC-COST) and the critical predecessor.
             let mut ready = 0u64;
             let mut pred: Option<u32> = None;
-            for d in &inst.deps {
-                let Some(&t) = self.done.get(d.0 as usize) else { continue };
-                let t = if self.unit_of[d.0 as usize] as usize == u { t } else { t + self.sem_ps };
+            for &d in plan.deps_of(i as usize) {
+                let t = self.done[d as usize];
+                let t = if plan.unit_of[d as usize] as usize == u { t } else { t + plan.sem_ps };
                 if t > ready || (pred.is_none() && t >= ready) {
                     ready = t;
-                    pred = Some(d.0);
+                    pred = Some(d);
                 }
             }
-            let unit_free = self.units[u].free_at;
-            let unit_last = self.units[u].last;
+            let unit_free = unit.free_at;
+            let unit_last = unit.last;
             if unit_free >= ready && unit_last.is_some() {
                 pred = unit_last;
             }
             self.check_races(u, i)?;
-            self.flops += inst.op.flops();
-            match inst.op.unit() {
-                Unit::Engine(engine) => {
-                    let loaded = matches!(unit_last.map(|l| &self.program.insts[l as usize].op),
-                        Some(Op::MatMul { stationary: prev, .. }) if matches!(&inst.op, Op::MatMul { stationary, .. } if stationary == prev));
-                    let c = cost::engine_cost(self.chip, &inst.op, loaded).map(|c| c.cycles).unwrap_or(0);
-                    let penalty = match unit_last {
-                        Some(l) if reads_what_wrote(&inst.op, &self.program.insts[l as usize].op) => {
-                            cost::same_engine_dep_cycles(self.chip, engine)
-                        }
-                        _ => 0,
-                    };
-                    let start = unit_free.max(ready);
-                    let dur = cost::cycles_to_ps(self.chip, engine, c + penalty);
-                    let end = start + dur;
-                    if let Some(e) = exec.as_deref_mut() {
-                        e.exec(InstId(i), inst.core as usize, &inst.op)?;
-                    }
-                    let unit = &mut self.units[u];
-                    unit.free_at = end;
-                    unit.busy_ps += dur;
-                    unit.last = Some(i);
-                    unit.head += 1;
-                    if self.record_events {
-                        self.events[i as usize] =
-                            InstEvent { start_ps: start, end_ps: end, critical_pred: pred.map(InstId) };
-                    }
-                    self.complete(i, end);
+            let shape = plan.shape_of[i as usize];
+            if shape == u32::MAX {
+                let start = unit_free.max(ready);
+                let dur = plan.cost_ps[i as usize];
+                let end = start + dur;
+                if let Some(e) = exec.as_deref_mut() {
+                    let inst = &self.program.insts[i as usize];
+                    e.exec(InstId(i), inst.core as usize, &inst.op)?;
                 }
-                Unit::Dma(_) => {
-                    let Some(shape) = dma::transfer_shape(self.chip, &inst.op) else { return Ok(()) };
-                    let fixed = (self.chip.core.dma.fixed_latency_ns * 1000.0).round() as u64;
-                    // The trigger latency overlaps the previous transfer of the queue (HW-DEF-DMA).
-                    let data_start = (ready + fixed).max(unit_free);
-                    self.shapes.insert(i, (shape, data_start));
-                    self.starts.push(Reverse((data_start, i)));
-                    let unit = &mut self.units[u];
-                    unit.in_flight = true;
-                    unit.last = Some(i);
-                    unit.head += 1;
-                    if self.record_events {
-                        self.events[i as usize] =
-                            InstEvent { start_ps: data_start, end_ps: data_start, critical_pred: pred.map(InstId) };
-                    }
-                    return Ok(());
+                let unit = &mut self.units[u];
+                unit.free_at = end;
+                unit.busy_ps += dur;
+                unit.last = Some(i);
+                unit.head += 1;
+                if self.record_events {
+                    self.events[i as usize] =
+                        InstEvent { start_ps: start, end_ps: end, critical_pred: pred.map(InstId) };
                 }
+                self.complete(i, end);
+            } else {
+                // The trigger latency overlaps the previous transfer of the queue (HW-DEF-DMA).
+                let data_start = (ready + plan.fixed_dma_ps).max(unit_free);
+                self.starts.push(Reverse((data_start, i)));
+                let unit = &mut self.units[u];
+                unit.in_flight = Some((shape, data_start));
+                unit.last = Some(i);
+                unit.head += 1;
+                if self.record_events {
+                    self.events[i as usize] =
+                        InstEvent { start_ps: data_start, end_ps: data_start, critical_pred: pred.map(InstId) };
+                }
+                return Ok(());
             }
         }
     }
 
     /// Computes `i`'s vector clock and checks its accesses for races.
     fn check_races(&mut self, u: usize, i: u32) -> Result<(), SimError> {
+        if self.races.is_none() {
+            return Ok(());
+        }
+        self.dispatched += 1;
+        if self.dispatched % HORIZON_EVERY == 0 {
+            self.update_horizon();
+        }
         let Some(races) = self.races.as_mut() else { return Ok(()) };
         let inst = &self.program.insts[i as usize];
         let mut clock = std::mem::take(&mut self.units[u].clock);
@@ -438,7 +390,9 @@ impl<'a> Run<'a> {
             if let Some(r) = self.clock_refs.get_mut(d) {
                 *r = r.saturating_sub(1);
                 if *r == 0 {
-                    self.clocks[d] = None;
+                    if let Some(spare) = self.clocks[d].take() {
+                        self.spare_clocks.push(spare);
+                    }
                 }
             }
         }
@@ -456,8 +410,8 @@ impl<'a> Run<'a> {
                     inst: InstId(inst_id),
                     mnemonic: self.program.insts[inst_id as usize].op.mnemonic(),
                     operand,
-                    core: self.units[unit].core,
-                    unit: self.units[unit].unit,
+                    core: self.plan.units[unit].core,
+                    unit: self.plan.units[unit].unit,
                     write,
                 };
                 return Err(SimError::Race {
@@ -468,10 +422,33 @@ impl<'a> Run<'a> {
             }
         }
         if self.clock_refs[i as usize] > 0 {
-            self.clocks[i as usize] = Some(clock.clone().into_boxed_slice());
+            let boxed = match self.spare_clocks.pop() {
+                Some(mut b) => {
+                    b.copy_from_slice(&clock);
+                    b
+                }
+                None => clock.clone().into_boxed_slice(),
+            };
+            self.clocks[i as usize] = Some(boxed);
         }
         self.units[u].clock = clock;
         Ok(())
+    }
+
+    /// Lets the race checker retire records that every unit still running has seen.
+    fn update_horizon(&mut self) {
+        let n = self.units.len();
+        let mut horizon = vec![u32::MAX; n];
+        for (u, _) in
+            self.units.iter().zip(&self.plan.units).filter(|(u, p)| u.head < p.queue.len() || u.in_flight.is_some())
+        {
+            for (h, &c) in horizon.iter_mut().zip(&u.clock) {
+                *h = (*h).min(c);
+            }
+        }
+        if let Some(r) = self.races.as_mut() {
+            r.set_horizon(horizon);
+        }
     }
 
     /// Finds a cycle of waits among the instructions that never ran.
@@ -481,13 +458,13 @@ impl<'a> Run<'a> {
         // Each stuck instruction waits on a stuck dependency or, if it is not
         // at the head of its queue, on its queue predecessor.
         let mut position = vec![0usize; n];
-        for unit in &self.units {
+        for unit in &self.plan.units {
             for (k, &i) in unit.queue.iter().enumerate() {
                 position[i as usize] = k;
             }
         }
         let waits_on = |i: usize| -> Option<usize> {
-            let unit = &self.units[self.unit_of[i] as usize];
+            let unit = &self.plan.units[self.plan.unit_of[i] as usize];
             let pos = position[i];
             if pos > 0 && stuck(unit.queue[pos - 1] as usize) {
                 return Some(unit.queue[pos - 1] as usize);
@@ -504,7 +481,7 @@ impl<'a> Run<'a> {
                 let cycle = path[at..]
                     .iter()
                     .map(|&i: &usize| {
-                        let u = &self.units[self.unit_of[i] as usize];
+                        let u = &self.plan.units[self.plan.unit_of[i] as usize];
                         (InstId(i as u32), format!("core {} {}", u.core, u.unit))
                     })
                     .collect();
@@ -525,11 +502,12 @@ impl<'a> Run<'a> {
         let mut units: Vec<UnitStats> = self
             .units
             .iter()
-            .map(|u| UnitStats {
-                core: u.core,
-                unit: u.unit,
+            .zip(&self.plan.units)
+            .map(|(u, p)| UnitStats {
+                core: p.core,
+                unit: p.unit,
                 busy_ps: u.busy_ps,
-                instructions: u.queue.len() as u64,
+                instructions: p.queue.len() as u64,
                 bytes: u.bytes,
             })
             .collect();
@@ -554,28 +532,9 @@ impl<'a> Run<'a> {
             events: self.events,
             critical_path,
             instructions: self.executed,
-            flops: self.flops,
+            flops: self.plan.flops,
             dma_bytes: self.dma_bytes,
             hbm_bytes: self.hbm_bytes,
         }
     }
-}
-
-/// Whether `op` reads SRAM that `prev` wrote (a RAW hazard through SRAM on
-/// the same engine, which costs the dependency penalty, HW-DEF-DEP).
-fn reads_what_wrote(op: &Op, prev: &Op) -> bool {
-    let prev_ops = prev.operands();
-    let writes: Vec<&Ap> = prev_ops.iter().filter(|(_, _, r)| *r == Role::Write).map(|(_, a, _)| *a).collect();
-    op.operands().iter().filter(|(_, _, r)| *r == Role::Read).any(|(_, a, _)| {
-        writes.iter().any(|w| {
-            w.space == a.space
-                && a.space != Space::Hbm
-                && w.start_partition < a.start_partition + a.partitions
-                && a.start_partition < w.start_partition + w.partitions
-                && match (w.byte_span(), a.byte_span()) {
-                    (Some((wl, wh)), Some((al, ah))) => wl < ah && al < wh,
-                    _ => false,
-                }
-        })
-    })
 }
