@@ -136,20 +136,22 @@ pub fn sim(json: bool, quick: bool) -> Result<()> {
                 "ratio_to_host_gemm_with_race_check": ratio_races,
             }
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("trainyard bench sim (figures measured in this run, wall clock, best of 3)");
-        println!("timed-only: matmul {tm}x{tk}x{tn} bf16 on one trn1 core, {} instructions", big.insts.len());
-        println!("  {:>8.2} M simulated instructions/s (race check off)", ips_fast / 1e6);
-        println!("  {:>8.2} M simulated instructions/s (race check on)", ips_races / 1e6);
-        println!("  {:>8.2} M instructions/s loaded (validation, timed apart)", load_ips / 1e6);
-        println!("  simulated time {:.1} us, {:.1} TFLOPS", total_ps as f64 / 1e6, sim_tflops);
-        println!("functional matmul {fm}x{fk}x{fnn} bf16 (values + time) vs host GEMM f32, one thread:");
-        println!(
+        say!("trainyard bench sim (figures measured in this run, wall clock, best of 3)");
+        say!("timed-only: matmul {tm}x{tk}x{tn} bf16 on one trn1 core, {} instructions", big.insts.len());
+        say!("  {:>8.2} M simulated instructions/s (race check off)", ips_fast / 1e6);
+        say!("  {:>8.2} M simulated instructions/s (race check on)", ips_races / 1e6);
+        say!("  {:>8.2} M instructions/s loaded (validation, timed apart)", load_ips / 1e6);
+        say!("  simulated time {:.1} us, {:.1} TFLOPS", total_ps as f64 / 1e6, sim_tflops);
+        say!("functional matmul {fm}x{fk}x{fnn} bf16 (values + time) vs host GEMM f32, one thread:");
+        say!(
             "  simulator {:.4} s ({:.4} s with race check), host gemm {:.4} s",
-            functional_secs, functional_races_secs, gemm_secs
+            functional_secs,
+            functional_races_secs,
+            gemm_secs
         );
-        println!("  ratio {:.2}x ({:.2}x with race check); target <= 2x", ratio, ratio_races);
+        say!("  ratio {:.2}x ({:.2}x with race check); target <= 2x", ratio, ratio_races);
     }
     Ok(())
 }

@@ -1,6 +1,15 @@
 //! `trainyard`: the command-line front end of the simulator.
 
+/// `println!` that ignores a closed stdout (e.g. `trainyard ... | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod bench;
+mod kernels;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -57,10 +66,74 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// List the kernels of the library with their parameters.
+    Kernels {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build, run or emit one library kernel.
+    Kernel {
+        #[command(subcommand)]
+        what: KernelWhat,
+    },
     /// Benchmarks that print figures measured in this run.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
+    },
+}
+
+#[derive(clap::Args)]
+struct KernelSel {
+    /// Kernel name (see `trainyard kernels`).
+    name: String,
+    /// Chip name or chip TOML file.
+    #[arg(long, default_value = DEFAULT_CHIP)]
+    chip: String,
+    /// Problem shape, e.g. 4096,8192,8192 (meaning per kernel; default: the kernel's small shape).
+    #[arg(long)]
+    shape: Option<String>,
+    /// Element type.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// NeuronCores to spread the work over.
+    #[arg(long, default_value_t = 1)]
+    cores: u16,
+    /// Kernel option KEY=VALUE (repeatable), e.g. --opt transpose_a=true.
+    #[arg(long = "opt", value_name = "KEY=VALUE")]
+    opts: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum KernelWhat {
+    /// Build and run a kernel; in functional mode, check it against the host reference.
+    Bench {
+        #[command(flatten)]
+        sel: KernelSel,
+        /// Time only (no values, no check).
+        #[arg(long)]
+        timed_only: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Seed of the random inputs.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write a Perfetto trace.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Skip race detection.
+        #[arg(long)]
+        no_race_check: bool,
+    },
+    /// Write the kernel's program in text form (or binary for a `.tyb` file).
+    Emit {
+        #[command(flatten)]
+        sel: KernelSel,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
     },
 }
 
@@ -72,6 +145,15 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
         /// Smaller problem sizes (for a quick check).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The fixed kernel suite against the chips' peaks and rooflines (timed-only).
+    Kernels {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Small shapes (for a quick check).
         #[arg(long)]
         quick: bool,
     },
@@ -132,6 +214,16 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Demo { chip, trace, shape } => demo(&chip, &trace, &shape),
         Command::Convert { input, output } => convert(&input, &output),
         Command::Bench { what: BenchWhat::Sim { json, quick } } => bench::sim(json, quick),
+        Command::Bench { what: BenchWhat::Kernels { json, quick } } => kernels::bench_suite(json, quick),
+        Command::Kernels { json } => kernels::list(json),
+        Command::Kernel { what: KernelWhat::Bench { sel, timed_only, json, seed, trace, no_race_check } } => {
+            let s = kernels::select(&sel.name, &sel.chip, sel.shape.as_deref(), &sel.dtype, sel.cores, &sel.opts)?;
+            kernels::bench(s, timed_only, json, seed, trace.as_deref(), no_race_check)
+        }
+        Command::Kernel { what: KernelWhat::Emit { sel, output } } => {
+            let s = kernels::select(&sel.name, &sel.chip, sel.shape.as_deref(), &sel.dtype, sel.cores, &sel.opts)?;
+            kernels::emit(s, &output)
+        }
     }
 }
 
@@ -158,15 +250,23 @@ pub(crate) fn load_program(path: &Path) -> Result<Program> {
 fn chips(json: bool) -> Result<()> {
     let chips = ChipSpec::bundled()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&chips)?);
+        say!("{}", serde_json::to_string_pretty(&chips)?);
         return Ok(());
     }
-    println!(
+    say!(
         "{:<6} {:>5} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9}",
-        "chip", "cores", "HBM GiB", "HBM GB/s", "BF16 TF", "FP8 TF", "SBUF/core", "PE GHz", "link GB/s"
+        "chip",
+        "cores",
+        "HBM GiB",
+        "HBM GB/s",
+        "BF16 TF",
+        "FP8 TF",
+        "SBUF/core",
+        "PE GHz",
+        "link GB/s"
     );
     for c in &chips {
-        println!(
+        say!(
             "{:<6} {:>5} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>8} MiB {:>10.2} {:>9.0}",
             c.name,
             c.chip.cores,
@@ -187,7 +287,7 @@ fn check(path: &Path, chip: &str) -> Result<()> {
     let program = load_program(path)?;
     let errors = trainyard_isa::validate_all(&program, &chip);
     if errors.is_empty() {
-        println!(
+        say!(
             "{}: ok for {} ({} instructions, {} tensors, {} core(s))",
             path.display(),
             chip.name,
@@ -198,7 +298,7 @@ fn check(path: &Path, chip: &str) -> Result<()> {
         return Ok(());
     }
     for e in &errors {
-        eprintln!("{}: {e}", path.display());
+        eprintln!("error: {}: {e}", path.display());
     }
     bail!("{}: {} error(s) for {}", path.display(), errors.len(), chip.name)
 }
@@ -236,14 +336,14 @@ fn run(args: RunArgs) -> Result<()> {
         let written = session.write_outputs(dir)?;
         if !args.json {
             for p in written {
-                println!("wrote {}", p.display());
+                say!("wrote {}", p.display());
             }
         }
     }
     if let Some(trace) = &args.trace {
         session.write_trace(trace)?;
         if !args.json {
-            println!("wrote trace {} (open in https://ui.perfetto.dev)", trace.display());
+            say!("wrote trace {} (open in https://ui.perfetto.dev)", trace.display());
         }
     }
     print_profile(&profile, &session, args.json)
@@ -255,10 +355,10 @@ fn print_profile(profile: &Profile, session: &Session, json: bool) -> Result<()>
         if let Some(obj) = value.as_object_mut() {
             obj.insert("notes".into(), serde_json::json!(session.notes()));
         }
-        println!("{}", serde_json::to_string(&value)?);
+        say!("{}", serde_json::to_string(&value)?);
     } else {
         for n in session.notes() {
-            println!("note: {n}");
+            say!("note: {n}");
         }
         print!("{}", profile.to_table());
     }
@@ -281,19 +381,19 @@ fn demo(chip: &str, trace: &Path, shape: &str) -> Result<()> {
     let chip = load_chip(chip)?;
     let (m, k, n) = parse_shape(shape)?;
     let program = trainyard_kernels::demo::matmul_demo(&chip, m, k, n, DType::Bf16)?;
-    println!(
+    say!(
         "trainyard demo: C[{m}x{n}] = A[{m}x{k}] · B[{k}x{n}] in bf16 (fp32 accumulate) on one {} NeuronCore",
         chip.name
     );
-    println!("program: {} instructions, built by the kernel builder (crates/kernels/src/demo.rs)", program.insts.len());
+    say!("program: {} instructions, built by the kernel builder (crates/kernels/src/demo.rs)", program.insts.len());
     let mut session = Session::new(&chip, &program, SimOptions::default())?;
     session.bind_defaults(1)?;
     let profile = session.run()?;
     let err = demo_error(&session, m, k, n)?;
     print!("{}", profile.to_table());
-    println!("check: max |C - reference| = {err:.3e} against a host f64 matmul of the same bf16 inputs");
+    say!("check: max |C - reference| = {err:.3e} against a host f64 matmul of the same bf16 inputs");
     session.write_trace(trace)?;
-    println!("wrote trace {} (open in https://ui.perfetto.dev)", trace.display());
+    say!("wrote trace {} (open in https://ui.perfetto.dev)", trace.display());
     Ok(())
 }
 
@@ -325,6 +425,6 @@ fn convert(input: &Path, output: &Path) -> Result<()> {
     let tmp = output.with_extension("tmp-trainyard");
     std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, output).with_context(|| format!("cannot write {}", output.display()))?;
-    println!("wrote {} ({} bytes, {} instructions)", output.display(), bytes.len(), program.insts.len());
+    say!("wrote {} ({} bytes, {} instructions)", output.display(), bytes.len(), program.insts.len());
     Ok(())
 }

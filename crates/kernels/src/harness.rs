@@ -17,7 +17,13 @@ pub enum HarnessError {
     Build(#[from] BuildError),
     /// The simulation failed (race, bounds, ...).
     #[error(transparent)]
-    Runtime(#[from] RuntimeError),
+    Runtime(Box<RuntimeError>),
+}
+
+impl From<RuntimeError> for HarnessError {
+    fn from(e: RuntimeError) -> Self {
+        HarnessError::Runtime(Box::new(e))
+    }
 }
 
 /// Device results against the host reference.

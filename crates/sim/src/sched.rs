@@ -374,7 +374,7 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         self.dispatched += 1;
-        if self.dispatched % HORIZON_EVERY == 0 {
+        if self.dispatched.is_multiple_of(HORIZON_EVERY) {
             self.update_horizon();
         }
         let Some(races) = self.races.as_mut() else { return Ok(()) };
@@ -414,11 +414,11 @@ impl<'a> Run<'a> {
                     unit: self.plan.units[unit].unit,
                     write,
                 };
-                return Err(SimError::Race {
-                    space: conflict.space,
-                    first: site(earlier.inst, earlier.operand, earlier.unit as usize, earlier.write),
-                    second: site(i, name, u, write),
-                });
+                let a = site(earlier.inst, earlier.operand, earlier.unit as usize, earlier.write);
+                let b = site(i, name, u, write);
+                // Report in program order, whichever was simulated first.
+                let (first, second) = if a.inst <= b.inst { (a, b) } else { (b, a) };
+                return Err(SimError::Race { space: conflict.space, first, second });
             }
         }
         if self.clock_refs[i as usize] > 0 {
