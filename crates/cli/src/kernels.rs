@@ -255,8 +255,11 @@ pub fn emit(sel: Selection, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The fixed benchmark suite: (kernel, chip, shape, dtype, options, target).
-const SUITE: &[(&str, &str, &str, &str, &[&str], &str)] = &[
+/// One benchmark of the suite: (kernel, chip, shape, dtype, options, target).
+type SuiteEntry = (&'static str, &'static str, &'static str, &'static str, &'static [&'static str], &'static str);
+
+/// The fixed benchmark suite.
+const SUITE: &[SuiteEntry] = &[
     ("matmul", "trn1", "4096,8192,8192", "bf16", &["transpose_a=true"], "pct_of_peak >= 85"),
     ("matmul", "trn2", "4096,8192,8192", "bf16", &["transpose_a=true"], ""),
     ("flash_attention", "trn2", "1,32,4096,128", "bf16", &["causal=false"], "pct_of_peak >= 60"),
@@ -268,7 +271,7 @@ const SUITE: &[(&str, &str, &str, &str, &[&str], &str)] = &[
     ("mlp", "trn2", "512,4096,14336", "bf16", &[], ""),
 ];
 
-const QUICK_SUITE: &[(&str, &str, &str, &str, &[&str], &str)] = &[
+const QUICK_SUITE: &[SuiteEntry] = &[
     ("matmul", "trn1", "512,1024,1024", "bf16", &["transpose_a=true"], ""),
     ("flash_attention", "trn2", "1,2,512,128", "bf16", &["causal=false"], ""),
     ("layernorm", "trn2", "512,8192", "bf16", &[], ""),

@@ -274,7 +274,7 @@ fn chips(json: bool) -> Result<()> {
             c.chip.hbm_gbps,
             c.peak_tflops.bf16,
             c.peak_tflops.fp8,
-            c.core.sbuf.partitions as u64 * c.core.sbuf.bytes_per_partition as u64 >> 20,
+            (c.core.sbuf.partitions as u64 * c.core.sbuf.bytes_per_partition as u64) >> 20,
             c.core.clocks.tensor_ghz,
             c.chip.link_gbps,
         );
