@@ -139,14 +139,20 @@ pub fn engine_cost(chip: &ChipSpec, op: &Op, stationary_loaded: bool) -> Option<
         Op::Transpose { engine, src, dst } => {
             (*engine, elementwise(chip, *engine, src.free_size() * stride_factor(chip, &[src, dst])))
         }
-        // hw: HW-COST-TTENSOR, HW-VE-N (two inputs ≈ 2N; N when one input is in
-        // PSUM and one in SBUF), HW-VE-PERF-V3 (2× for 16-bit all-SBUF).
-        Op::TensorTensor { engine, dst, in0, in1, .. } => {
+        // hw: HW-COST-TTENSOR, HW-VE-N: two inputs ≈ 2N, but N when one input is
+        // in PSUM and the other in SBUF, or when both are in SBUF, everything is
+        // BF16, the op is add/mul/sub and access is contiguous. HW-VE-PERF-V3:
+        // a further 2× on v3+ with both inputs in SBUF and all tensors 16-bit.
+        Op::TensorTensor { engine, op, dst, in0, in1 } => {
             let n = dst.free_size();
             let split = (in0.space == Space::Psum) != (in1.space == Space::Psum);
-            let k = if split { 1 } else { 2 };
-            let fast16 =
-                in0.space == Space::Sbuf && in1.space == Space::Sbuf && is_16bit(dst) && is_16bit(in0) && is_16bit(in1);
+            let both_sbuf = in0.space == Space::Sbuf && in1.space == Space::Sbuf;
+            let all_bf16 = [dst, in0, in1].iter().all(|a| a.dtype == DType::Bf16);
+            let contiguous = [dst, in0, in1].iter().all(|a| a.inner_contiguous());
+            let simple =
+                matches!(op, trainyard_isa::AluOp::Add | trainyard_isa::AluOp::Mul | trainyard_isa::AluOp::Sub);
+            let k = if split || (both_sbuf && all_bf16 && simple && contiguous) { 1 } else { 2 };
+            let fast16 = both_sbuf && is_16bit(dst) && is_16bit(in0) && is_16bit(in1);
             let speedup = if *engine == Engine::Vector && fast16 { e.vector_tt_16bit as u64 } else { 1 };
             (*engine, elementwise(chip, *engine, (k * n * stride_factor(chip, &[dst, in0, in1])).div_ceil(speedup)))
         }

@@ -131,9 +131,9 @@ pub enum SimError {
     Race {
         /// Memory space (with core for SRAM).
         space: String,
-        /// The earlier-simulated access.
+        /// The access of the instruction that comes first in program order.
         first: AccessSite,
-        /// The later-simulated access.
+        /// The access of the instruction that comes later in program order.
         second: AccessSite,
     },
     /// A cycle of waits: none of these instructions can ever start.
@@ -192,7 +192,12 @@ fn format_cycle(cycle: &[(InstId, String)]) -> String {
     s.join(" waits for ")
 }
 
-/// Checks that a program is well formed for `chip` before simulation.
+/// Checks that a program is well formed for `chip` before simulation. (A
+/// cycle of waits is not searched for here: the run reports it as
+/// [`SimError::Deadlock`].)
 pub fn check_program(program: &Program, chip: &trainyard_arch::ChipSpec) -> Result<(), SimError> {
-    trainyard_isa::validate(program, chip).map_err(|e| SimError::Invalid(e.to_string()))
+    match trainyard_isa::validate_static(program, chip).into_iter().next() {
+        Some(e) => Err(SimError::Invalid(e.to_string())),
+        None => Ok(()),
+    }
 }

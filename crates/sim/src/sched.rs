@@ -144,6 +144,11 @@ impl<'p> Simulator<'p> {
 
     /// Runs the program to completion.
     pub fn run(&mut self) -> Result<RunResult, SimError> {
+        // Every run starts the stochastic-rounding stream from the seed, so a
+        // rerun repeats its results.
+        if let Some(e) = self.exec.as_mut().filter(|_| self.opts.stochastic_rounding) {
+            e.rounder = Rounder::Stochastic(SplitMix64::new(self.opts.seed));
+        }
         let mut run = Run::new(&self.chip, self.program, &self.plan, &self.opts);
         run.go(self.exec.as_mut())?;
         Ok(run.finish())
