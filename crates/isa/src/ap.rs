@@ -128,7 +128,9 @@ impl Ap {
 
     /// The free dimensions in use.
     pub fn free_dims(&self) -> &[Dim] {
-        &self.dims[..self.ndims as usize]
+        // Clamped so a malformed decoded pattern cannot index out of range
+        // (validation reports ndims > 4 as an error).
+        &self.dims[..(self.ndims as usize).clamp(1, MAX_FREE_DIMS)]
     }
 
     /// The free shape (sizes of the free dimensions).
