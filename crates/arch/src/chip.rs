@@ -200,6 +200,205 @@ pub struct ChipSpec {
     pub core: CoreSpec,
     /// Published peaks.
     pub peak_tflops: PeakTflops,
+    /// Cloud instances built from this chip, with their published prices (HW-INST-*, HW-PRICE-*).
+    /// Empty when the file lists none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceSpec>,
+    /// Power facts (HW-PWR-*), when the file states them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerSpec>,
+}
+
+/// How an instance-hour is paid for. Prices differ severalfold between kinds
+/// (trn1.32xlarge: $21.50 on demand vs $8.197 reserved), so they are never mixed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PriceKind {
+    /// Pay-as-you-go list price.
+    OnDemand,
+    /// Effective hourly rate of a reservation or savings plan.
+    Reserved,
+    /// EC2 Capacity Block (reserved GPU/Trainium time slots) effective hourly rate.
+    CapacityBlock,
+}
+
+impl PriceKind {
+    /// All kinds, in a fixed order.
+    pub const ALL: [PriceKind; 3] = [PriceKind::OnDemand, PriceKind::Reserved, PriceKind::CapacityBlock];
+
+    /// The TOML key holding this kind of price.
+    pub fn key(self) -> &'static str {
+        match self {
+            PriceKind::OnDemand => "on_demand_usd_per_hour",
+            PriceKind::Reserved => "reserved_usd_per_hour",
+            PriceKind::CapacityBlock => "capacity_block_usd_per_hour",
+        }
+    }
+}
+
+/// One `[[instances]]` entry: an instance type and the prices of one quote.
+///
+/// Prices from different sources or dates go in separate entries with the
+/// same `name`, so that every price keeps its own `price_date` and
+/// `price_source` (prices are volatile; an undated price is useless).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    /// Instance type, e.g. `trn1.32xlarge`.
+    pub name: String,
+    /// Chips (or GPUs) per instance.
+    pub chips: u32,
+    /// On-demand price of the whole instance, USD per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand_usd_per_hour: Option<f64>,
+    /// Reserved / savings-plan effective price of the whole instance, USD per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_usd_per_hour: Option<f64>,
+    /// Capacity Block effective price of the whole instance, USD per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_block_usd_per_hour: Option<f64>,
+    /// AWS region the quote applies to, when the source names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// When the quote was published or seen: `YYYY-MM` or `YYYY-MM-DD`.
+    /// Required when any price is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_date: Option<String>,
+    /// Fact id and a short label, e.g. `HW-PRICE-CB-2024: EC2 Capacity Blocks pricing page`.
+    /// Required when any price is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_source: Option<String>,
+}
+
+impl InstanceSpec {
+    /// The instance-hour price of one kind, if this entry quotes it.
+    pub fn price(&self, kind: PriceKind) -> Option<f64> {
+        match kind {
+            PriceKind::OnDemand => self.on_demand_usd_per_hour,
+            PriceKind::Reserved => self.reserved_usd_per_hour,
+            PriceKind::CapacityBlock => self.capacity_block_usd_per_hour,
+        }
+    }
+
+    /// On-demand price per chip-hour (instance price / chips); `None` when no
+    /// on-demand price is quoted. Use [`InstanceSpec::usd_per_chip_hour_of`] for
+    /// reserved or Capacity Block prices.
+    pub fn usd_per_chip_hour(&self) -> Option<f64> {
+        self.usd_per_chip_hour_of(PriceKind::OnDemand)
+    }
+
+    /// Price per chip-hour of one kind; `None` when not quoted (or `chips` is 0,
+    /// which validation rejects).
+    pub fn usd_per_chip_hour_of(&self, kind: PriceKind) -> Option<f64> {
+        let price = self.price(kind)?;
+        (self.chips > 0).then(|| price / self.chips as f64)
+    }
+
+    /// Checks names, chip count, prices and dates; `index` places the entry in
+    /// messages as `instances[index]`.
+    pub fn validate(&self, path: &Path, index: usize) -> Result<(), SpecError> {
+        let key = |field: &str| format!("instances[{index}].{field}");
+        let bad = |field: &str, message: String| invalid(path, &key(field), message);
+        if self.name.trim().is_empty() {
+            return Err(bad("name", "must not be empty".into()));
+        }
+        if self.chips == 0 {
+            return Err(bad("chips", format!("`{}` must hold at least one chip, got 0", self.name)));
+        }
+        let mut priced = false;
+        for kind in PriceKind::ALL {
+            if let Some(v) = self.price(kind) {
+                priced = true;
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(bad(
+                        kind.key(),
+                        format!("`{}`: price must be a positive number of USD, got {v}", self.name),
+                    ));
+                }
+            }
+        }
+        if let Some(date) = &self.price_date {
+            check_date(date).map_err(|m| bad("price_date", format!("`{}`: {m}", self.name)))?;
+        } else if priced {
+            return Err(bad("price_date", format!("`{}`: required when a price is given", self.name)));
+        }
+        match &self.price_source {
+            Some(s) if s.trim().is_empty() => return Err(bad("price_source", "must not be empty".into())),
+            None if priced => {
+                return Err(bad("price_source", format!("`{}`: required when a price is given", self.name)));
+            }
+            _ => {}
+        }
+        if matches!(&self.region, Some(r) if r.trim().is_empty()) {
+            return Err(bad("region", "must not be empty when given".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The lowest price per chip-hour of one kind over a set of instance entries.
+pub fn min_usd_per_chip_hour(instances: &[InstanceSpec], kind: PriceKind) -> Option<f64> {
+    instances.iter().filter_map(|i| i.usd_per_chip_hour_of(kind)).min_by(f64::total_cmp)
+}
+
+/// Power facts of a chip. `tdp_watts` is absent where no TDP is published
+/// (HW-PWR-NEURON); reports must then treat energy as an explicit assumption.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PowerSpec {
+    /// Published maximum board/chip power, watts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tdp_watts: Option<f64>,
+    /// Fact id and label backing the value, or stating that none is published.
+    pub source: String,
+}
+
+impl PowerSpec {
+    /// Checks the TDP (positive when given) and the source (not empty).
+    pub fn validate(&self, path: &Path) -> Result<(), SpecError> {
+        if let Some(w) = self.tdp_watts {
+            if !(w.is_finite() && w > 0.0) {
+                return Err(invalid(path, "power.tdp_watts", format!("must be a positive number, got {w}")));
+            }
+        }
+        if self.source.trim().is_empty() {
+            return Err(invalid(path, "power.source", "must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn invalid(path: &Path, key: &str, message: String) -> SpecError {
+    SpecError::Invalid { path: path.to_path_buf(), key: key.to_string(), message }
+}
+
+/// Accepts `YYYY-MM` or `YYYY-MM-DD` with a real month and day.
+fn check_date(s: &str) -> Result<(), String> {
+    let bad = || format!("must be YYYY-MM or YYYY-MM-DD, got `{s}`");
+    let parts: Vec<&str> = s.split('-').collect();
+    let num = |p: &str, len: usize| -> Option<u32> {
+        (p.len() == len && p.bytes().all(|b| b.is_ascii_digit())).then(|| p.parse().ok()).flatten()
+    };
+    let (year, month, day) = match parts.as_slice() {
+        [y, m] => (num(y, 4).ok_or_else(bad)?, num(m, 2).ok_or_else(bad)?, None),
+        [y, m, d] => (num(y, 4).ok_or_else(bad)?, num(m, 2).ok_or_else(bad)?, Some(num(d, 2).ok_or_else(bad)?)),
+        _ => return Err(bad()),
+    };
+    if !(1..=12).contains(&month) {
+        return Err(format!("month {month} out of range in `{s}`"));
+    }
+    if let Some(day) = day {
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let days = match month {
+            2 if leap => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        if day == 0 || day > days {
+            return Err(format!("day {day} out of range in `{s}`"));
+        }
+    }
+    Ok(())
 }
 
 /// The chip files bundled into the binary, so `--chip trn2` works anywhere.
@@ -334,7 +533,18 @@ impl ChipSpec {
         positive("peak_tflops.bf16", self.peak_tflops.bf16)?;
         positive("peak_tflops.fp8", self.peak_tflops.fp8)?;
         positive("peak_tflops.fp32", self.peak_tflops.fp32)?;
+        for (i, inst) in self.instances.iter().enumerate() {
+            inst.validate(path, i)?;
+        }
+        if let Some(p) = &self.power {
+            p.validate(path)?;
+        }
         Ok(())
+    }
+
+    /// Lowest price per chip-hour of one kind over this chip's instances.
+    pub fn min_usd_per_chip_hour(&self, kind: PriceKind) -> Option<f64> {
+        min_usd_per_chip_hour(&self.instances, kind)
     }
 
     /// Size of one PSUM bank per partition, bytes.
@@ -382,6 +592,130 @@ mod tests {
         let text = BUNDLED_CHIPS[0].1.replace("hbm_gbps", "hbm_gbps_typo");
         let err = ChipSpec::from_toml_str(&text, Path::new("x.toml")).unwrap_err().to_string();
         assert!(err.contains("x.toml") && err.contains("hbm_gbps"), "{err}");
+    }
+
+    fn trn1_text() -> &'static str {
+        BUNDLED_CHIPS[0].1
+    }
+
+    fn err_of(text: &str) -> String {
+        ChipSpec::from_toml_str(text, Path::new("x.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn neuron_chips_carry_instances_and_no_tdp() {
+        for chip in ChipSpec::bundled().unwrap() {
+            assert!(!chip.instances.is_empty(), "{}", chip.name);
+            let power = chip.power.as_ref().unwrap();
+            assert!(power.tdp_watts.is_none() && power.source.contains("HW-PWR-NEURON"), "{}", chip.name);
+            for inst in &chip.instances {
+                let priced = PriceKind::ALL.iter().any(|k| inst.price(*k).is_some());
+                assert_eq!(priced, inst.price_date.is_some(), "{} {}", chip.name, inst.name);
+            }
+        }
+        let trn2 = ChipSpec::by_name("trn2").unwrap();
+        assert!(PriceKind::ALL.iter().all(|k| trn2.min_usd_per_chip_hour(*k).is_none()), "no Trn2 price is published");
+        let trn3 = ChipSpec::by_name("trn3").unwrap();
+        assert_eq!(trn3.instances.iter().map(|i| i.chips).collect::<Vec<_>>(), [64, 144]);
+    }
+
+    #[test]
+    fn chips_round_trip_through_toml() {
+        for chip in ChipSpec::bundled().unwrap() {
+            let text = toml::to_string(&chip).unwrap();
+            assert_eq!(ChipSpec::from_toml_str(&text, Path::new("rt.toml")).unwrap(), chip);
+        }
+    }
+
+    #[test]
+    fn usd_per_chip_hour_divides_by_chips() {
+        let trn1 = ChipSpec::by_name("trn1").unwrap();
+        let od: Vec<f64> = trn1.instances.iter().filter_map(InstanceSpec::usd_per_chip_hour).collect();
+        assert_eq!(od.len(), 1);
+        assert!((od[0] - 21.50 / 16.0).abs() < 1e-12, "{od:?}");
+        // trn1.2xlarge's 0.512 per chip beats trn1.32xlarge's 8.197 / 16 = 0.5123.
+        let ri = trn1.min_usd_per_chip_hour(PriceKind::Reserved).unwrap();
+        assert!((ri - 0.512).abs() < 1e-12, "{ri}");
+        let cb = trn1.min_usd_per_chip_hour(PriceKind::CapacityBlock).unwrap();
+        assert!((cb - 15.49 / 16.0).abs() < 1e-12, "{cb}");
+        let inf2 = ChipSpec::by_name("inf2").unwrap();
+        assert!(inf2.min_usd_per_chip_hour(PriceKind::OnDemand).is_none());
+        let bare = InstanceSpec {
+            name: "x".into(),
+            chips: 4,
+            on_demand_usd_per_hour: None,
+            reserved_usd_per_hour: None,
+            capacity_block_usd_per_hour: Some(10.0),
+            region: None,
+            price_date: Some("2024-12".into()),
+            price_source: Some("s".into()),
+        };
+        assert_eq!(bare.usd_per_chip_hour(), None);
+        assert_eq!(bare.usd_per_chip_hour_of(PriceKind::CapacityBlock), Some(2.5));
+    }
+
+    #[test]
+    fn negative_price_is_named() {
+        let err = err_of(&trn1_text().replacen("reserved_usd_per_hour = 8.197", "reserved_usd_per_hour = -8.197", 1));
+        assert!(
+            err.contains("x.toml")
+                && err.contains("instances[1].reserved_usd_per_hour")
+                && err.contains("trn1.32xlarge"),
+            "{err}"
+        );
+        let err = err_of(&trn1_text().replacen("on_demand_usd_per_hour = 21.50", "on_demand_usd_per_hour = 0.0", 1));
+        assert!(err.contains("instances[2].on_demand_usd_per_hour"), "{err}");
+    }
+
+    #[test]
+    fn zero_chips_is_named() {
+        let err = err_of(&trn1_text().replacen("chips = 16", "chips = 0", 1));
+        assert!(err.contains("x.toml") && err.contains("instances[1].chips"), "{err}");
+    }
+
+    #[test]
+    fn bad_dates_are_named() {
+        for bad in ["2024-13", "2025-02-29", "24-12", "2024/12", "2024-12-1", "2024-12-00", "december"] {
+            let err = err_of(&trn1_text().replacen("price_date = \"2024-12\"", &format!("price_date = \"{bad}\""), 1));
+            assert!(err.contains("x.toml") && err.contains("instances[3].price_date"), "{bad}: {err}");
+        }
+        for good in ["2024-02-29", "2026-06", "2025-10-31"] {
+            assert!(check_date(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn price_needs_date_and_source() {
+        let err = err_of(&trn1_text().replacen("price_date = \"2024-12\"", "", 1));
+        assert!(err.contains("instances[3].price_date") && err.contains("required"), "{err}");
+        let text = trn1_text().replacen(
+            "price_source = \"HW-PRICE-CB-2024: aws.amazon.com/ec2/capacityblocks/pricing/\"",
+            "",
+            1,
+        );
+        let err = err_of(&text);
+        assert!(err.contains("instances[3].price_source"), "{err}");
+    }
+
+    #[test]
+    fn unknown_instance_key_is_named() {
+        let err = err_of(&trn1_text().replacen("reserved_usd_per_hour = 0.512", "spot_usd_per_hour = 0.512", 1));
+        assert!(err.contains("x.toml") && err.contains("spot_usd_per_hour"), "{err}");
+    }
+
+    #[test]
+    fn bad_tdp_is_named() {
+        let text = trn1_text().replacen("\n[power]\n", "\n[power]\ntdp_watts = -5.0\n", 1);
+        let err = err_of(&text);
+        assert!(err.contains("power.tdp_watts"), "{err}");
+    }
+
+    #[test]
+    fn chips_without_instances_still_load() {
+        // Instances and power are optional: a file without them is a valid chip.
+        let cut = trn1_text().find("\n# Instances and prices").unwrap();
+        let chip = ChipSpec::from_toml_str(&trn1_text()[..cut], Path::new("x.toml")).unwrap();
+        assert!(chip.instances.is_empty() && chip.power.is_none());
     }
 
     #[test]

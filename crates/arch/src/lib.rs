@@ -3,8 +3,10 @@
 //! * [`DType`] — the element types of a NeuronCore-class device and their
 //!   bit-exact conversions from `f32` ([`DType::encode`], [`DType::decode`]) with
 //!   round-to-nearest-even or seeded stochastic rounding ([`Rounding`]).
-//! * [`ChipSpec`] — engines, clocks, memories, DMA, links, peaks, loaded and
-//!   validated from `chips/*.toml`.
+//! * [`ChipSpec`] — engines, clocks, memories, DMA, links, peaks, instance
+//!   prices and power, loaded and validated from `chips/*.toml`.
+//! * [`GpuSpec`] — GPU comparison points (peaks, HBM, NVLink, TDP, prices and
+//!   measured roofline efficiencies) from `chips/{a100,h100,h200,b200}.toml`.
 //!
 //! ```
 //! use trainyard_arch::{DType, Rounding};
@@ -15,9 +17,11 @@
 
 mod chip;
 mod dtype;
+mod gpu;
 mod minifloat;
 mod rng;
 
 pub use chip::*;
 pub use dtype::*;
+pub use gpu::*;
 pub use rng::SplitMix64;
