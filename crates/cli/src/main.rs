@@ -249,25 +249,20 @@ pub(crate) fn load_program(path: &Path) -> Result<Program> {
 
 fn chips(json: bool) -> Result<()> {
     let chips = ChipSpec::bundled()?;
+    let gpus = trainyard_arch::GpuSpec::bundled()?;
     if json {
-        say!("{}", serde_json::to_string_pretty(&chips)?);
+        say!("{}", serde_json::to_string_pretty(&serde_json::json!({ "simulated": chips, "analytic": gpus }))?);
         return Ok(());
     }
+    let price = |p: Option<f64>| p.map(|v| format!("{v:.2}")).unwrap_or_else(|| "n/p".into());
+    say!("simulated chips (cycle-level simulator)");
     say!(
-        "{:<6} {:>5} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9}",
-        "chip",
-        "cores",
-        "HBM GiB",
-        "HBM GB/s",
-        "BF16 TF",
-        "FP8 TF",
-        "SBUF/core",
-        "PE GHz",
-        "link GB/s"
+        "{:<6} {:>5} {:>8} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>12}",
+        "chip", "cores", "HBM GiB", "HBM GB/s", "BF16 TF", "FP8 TF", "SBUF/core", "PE GHz", "link GB/s", "$/chip-hour"
     );
     for c in &chips {
         say!(
-            "{:<6} {:>5} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>8} MiB {:>10.2} {:>9.0}",
+            "{:<6} {:>5} {:>8.0} {:>9.0} {:>8.0} {:>8.0} {:>6} MiB {:>7.2} {:>9.0} {:>12}",
             c.name,
             c.chip.cores,
             c.chip.hbm_bytes as f64 / (1u64 << 30) as f64,
@@ -277,8 +272,25 @@ fn chips(json: bool) -> Result<()> {
             (c.core.sbuf.partitions as u64 * c.core.sbuf.bytes_per_partition as u64) >> 20,
             c.core.clocks.tensor_ghz,
             c.chip.link_gbps,
+            price(c.min_usd_per_chip_hour(trainyard_arch::PriceKind::OnDemand)),
         );
     }
+    say!("\nGPU comparison points (analytic roofline with cited efficiency factors; not simulated)");
+    say!("{:<6} {:>8} {:>9} {:>8} {:>8} {:>10} {:>6} {:>11}", "gpu", "HBM GB", "HBM GB/s", "BF16 TF", "FP8 TF", "NVLink GB/s", "TDP W", "$/GPU-hour");
+    for g in &gpus {
+        say!(
+            "{:<6} {:>8.0} {:>9.0} {:>8.0} {:>8} {:>10.0} {:>6} {:>11}",
+            g.name,
+            g.memory.hbm_bytes as f64 / 1e9,
+            g.memory.hbm_gbps,
+            g.peak_tflops.bf16,
+            g.peak_tflops.fp8.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
+            g.interconnect.nvlink_gbps,
+            g.power.tdp_watts.map(|w| format!("{w:.0}")).unwrap_or_else(|| "n/p".into()),
+            price(g.min_usd_per_gpu_hour(trainyard_arch::PriceKind::OnDemand)),
+        );
+    }
+    say!("\nn/p = not published (see the chip files for sources and dates)");
     Ok(())
 }
 

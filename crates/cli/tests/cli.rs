@@ -45,8 +45,10 @@ fn fails(args: &[&str]) -> String {
 #[test]
 fn chips_lists_every_bundled_chip() {
     let v: serde_json::Value = serde_json::from_str(&ok(&["chips", "--json"])).unwrap();
-    let names: Vec<&str> = v.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = v["simulated"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["trn1", "inf2", "trn2", "trn3"]);
+    let gpus: Vec<&str> = v["analytic"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(gpus, ["a100", "h100", "h200", "b200"]);
     let table = ok(&["chips"]);
     assert!(table.contains("trn3") && table.contains("HBM"));
 }
