@@ -258,7 +258,16 @@ fn chips(json: bool) -> Result<()> {
     say!("simulated chips (cycle-level simulator)");
     say!(
         "{:<6} {:>5} {:>8} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>12}",
-        "chip", "cores", "HBM GiB", "HBM GB/s", "BF16 TF", "FP8 TF", "SBUF/core", "PE GHz", "link GB/s", "$/chip-hour"
+        "chip",
+        "cores",
+        "HBM GiB",
+        "HBM GB/s",
+        "BF16 TF",
+        "FP8 TF",
+        "SBUF/core",
+        "PE GHz",
+        "link GB/s",
+        "$/chip-hour"
     );
     for c in &chips {
         say!(
@@ -276,7 +285,17 @@ fn chips(json: bool) -> Result<()> {
         );
     }
     say!("\nGPU comparison points (analytic roofline with cited efficiency factors; not simulated)");
-    say!("{:<6} {:>8} {:>9} {:>8} {:>8} {:>10} {:>6} {:>11}", "gpu", "HBM GB", "HBM GB/s", "BF16 TF", "FP8 TF", "NVLink GB/s", "TDP W", "$/GPU-hour");
+    say!(
+        "{:<6} {:>8} {:>9} {:>8} {:>8} {:>10} {:>6} {:>11}",
+        "gpu",
+        "HBM GB",
+        "HBM GB/s",
+        "BF16 TF",
+        "FP8 TF",
+        "NVLink GB/s",
+        "TDP W",
+        "$/GPU-hour"
+    );
     for g in &gpus {
         say!(
             "{:<6} {:>8.0} {:>9.0} {:>8.0} {:>8} {:>10.0} {:>6} {:>11}",
@@ -392,39 +411,39 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
 fn demo(chip: &str, trace: &Path, shape: &str) -> Result<()> {
     let chip = load_chip(chip)?;
     let (m, k, n) = parse_shape(shape)?;
-    let program = trainyard_kernels::demo::matmul_demo(&chip, m, k, n, DType::Bf16)?;
+    let kernel = trainyard_kernels::library::find("matmul").context("the library has no matmul kernel")?;
+    let args = trainyard_kernels::library::KernelArgs::new(&[m, k, n], DType::Bf16).with("transpose_a", "true");
     say!(
-        "trainyard demo: C[{m}x{n}] = A[{m}x{k}] · B[{k}x{n}] in bf16 (fp32 accumulate) on one {} NeuronCore",
+        "trainyard demo: C[{m}x{n}] (f32) = A[{m}x{k}] · B[{k}x{n}] in bf16 on one {} NeuronCore, \
+         library kernel `matmul` (A given transposed)",
         chip.name
     );
-    say!("program: {} instructions, built by the kernel builder (crates/kernels/src/demo.rs)", program.insts.len());
-    let mut session = Session::new(&chip, &program, SimOptions::default())?;
-    session.bind_defaults(1)?;
-    let profile = session.run()?;
-    let err = demo_error(&session, m, k, n)?;
-    print!("{}", profile.to_table());
-    say!("check: max |C - reference| = {err:.3e} against a host f64 matmul of the same bf16 inputs");
-    session.write_trace(trace)?;
-    say!("wrote trace {} (open in https://ui.perfetto.dev)", trace.display());
-    Ok(())
-}
-
-/// Largest absolute difference between the demo's output and a host f64 matmul.
-fn demo_error(session: &Session, m: usize, k: usize, n: usize) -> Result<f64> {
-    let at = session.output("at")?.to_f32();
-    let b = session.output("b")?.to_f32();
-    let c = session.output("c")?.to_f32();
-    let mut worst = 0.0f64;
-    for i in 0..m {
-        for j in 0..n {
-            let mut acc = 0.0f64;
-            for kk in 0..k {
-                acc += at[kk * m + i] as f64 * b[kk * n + j] as f64;
-            }
-            worst = worst.max((acc - c[i * n + j] as f64).abs());
+    let run = trainyard_kernels::harness::run_kernel(kernel.as_ref(), &chip, &args, SimOptions::default(), 1)?;
+    say!("program: {} instructions, dependencies computed by the kernel builder", run.built.program.insts.len());
+    say!("{}", run.profile.to_table().trim_end());
+    let peak = trainyard_kernels::library::peak_flops(&chip, DType::Bf16, 1);
+    let roofline = trainyard_kernels::library::roofline_ns(&chip, &run.built, 1);
+    say!(
+        "roofline: {:.3} us; achieved {:.1}% of the Tensor engine peak ({:.1} TFLOPS), {:.1}% of the roofline",
+        roofline / 1e3,
+        100.0 * run.built.flops as f64 / (run.profile.total_ns * 1e-9) / peak,
+        peak / 1e12,
+        100.0 * roofline / run.profile.total_ns
+    );
+    if let Some(check) = &run.check {
+        say!(
+            "check: max |C - reference| = {:.3e} against a host f64 matmul of the same bf16 inputs ({})",
+            check.max_abs_err,
+            if check.passed { "within tolerance" } else { "OUT OF TOLERANCE" }
+        );
+        if !check.passed {
+            bail!("demo result differs from the host reference");
         }
     }
-    Ok(worst)
+    let result = run.result.as_ref().context("no run result to trace")?;
+    trainyard_runtime::write_trace(trace, &chip, &run.built.program, result)?;
+    say!("wrote trace {} (open in https://ui.perfetto.dev)", trace.display());
+    Ok(())
 }
 
 fn convert(input: &Path, output: &Path) -> Result<()> {
