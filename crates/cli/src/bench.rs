@@ -88,15 +88,41 @@ fn host_gemm_secs(m: usize, k: usize, n: usize) -> Result<f64> {
     Ok(secs)
 }
 
-pub fn sim(json: bool, quick: bool) -> Result<()> {
+/// One timed-only workload: its description, chip and program.
+fn workloads(quick: bool) -> Result<Vec<(String, ChipSpec, Program)>> {
     let trn1 = ChipSpec::by_name("trn1")?;
+    let trn2 = ChipSpec::by_name("trn2")?;
     let (tm, tk, tn) = if quick { (1024, 2048, 2048) } else { (4096, 8192, 8192) };
-    let big = trainyard_kernels::demo::matmul_demo(&trn1, tm, tk, tn, DType::Bf16)?;
-    let (ips_races, total_ps) = timed_only(&trn1, &big, true)?;
-    let (ips_fast, _) = timed_only(&trn1, &big, false)?;
-    let load_ips = load_rate(&trn1, &big)?;
-    let flops = 2.0 * tm as f64 * tk as f64 * tn as f64;
-    let sim_tflops = flops / (total_ps as f64 * 1e-12) / 1e12;
+    let matmul = trainyard_kernels::demo::matmul_demo(&trn1, tm, tk, tn, DType::Bf16)?;
+    let seq = if quick { 512 } else { 4096 };
+    let heads = if quick { 4 } else { 32 };
+    let flash = trainyard_kernels::library::find("flash_attention").map(|k| {
+        let args = trainyard_kernels::library::KernelArgs::new(&[1, heads, seq, 128], DType::Bf16);
+        trainyard_kernels::library::build(k.as_ref(), &trn2, &args).map(|b| b.program)
+    });
+    let mut out = vec![(format!("tiled matmul {tm}x{tk}x{tn} bf16 (demo kernel, 128x512 tiles), trn1"), trn1, matmul)];
+    if let Some(program) = flash {
+        out.push((format!("flash_attention 1x{heads}x{seq}x128 causal bf16, trn2"), trn2, program?));
+    }
+    Ok(out)
+}
+
+pub fn sim(json: bool, quick: bool) -> Result<()> {
+    let mut timed = Vec::new();
+    for (what, chip, program) in workloads(quick)? {
+        let (ips_races, total_ps) = timed_only(&chip, &program, true)?;
+        let (ips_fast, _) = timed_only(&chip, &program, false)?;
+        let load_ips = load_rate(&chip, &program)?;
+        timed.push(serde_json::json!({
+            "program": what,
+            "instructions": program.insts.len(),
+            "insts_per_s": ips_fast,
+            "insts_per_s_with_race_check": ips_races,
+            "load_insts_per_s": load_ips,
+            "simulated_ns": total_ps as f64 / 1000.0,
+        }));
+    }
+    let trn1 = ChipSpec::by_name("trn1")?;
 
     let (fm, fk, fnn) = if quick { (256, 512, 512) } else { (512, 1024, 1024) };
     let small = trainyard_kernels::demo::matmul_demo(&trn1, fm, fk, fnn, DType::Bf16)?;
@@ -118,15 +144,7 @@ pub fn sim(json: bool, quick: bool) -> Result<()> {
 
     if json {
         let v = serde_json::json!({
-            "timed_only": {
-                "program": format!("matmul {tm}x{tk}x{tn} bf16 on one trn1 core"),
-                "instructions": big.insts.len(),
-                "insts_per_s": ips_fast,
-                "insts_per_s_with_race_check": ips_races,
-                "load_insts_per_s": load_ips,
-                "simulated_ns": total_ps as f64 / 1000.0,
-                "simulated_tflops": sim_tflops,
-            },
+            "timed_only": timed,
             "functional_matmul": {
                 "shape": format!("{fm}x{fk}x{fnn}"),
                 "sim_s": functional_secs,
@@ -139,11 +157,21 @@ pub fn sim(json: bool, quick: bool) -> Result<()> {
         say!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         say!("trainyard bench sim (figures measured in this run, wall clock, best of 3)");
-        say!("timed-only: matmul {tm}x{tk}x{tn} bf16 on one trn1 core, {} instructions", big.insts.len());
-        say!("  {:>8.2} M simulated instructions/s (race check off)", ips_fast / 1e6);
-        say!("  {:>8.2} M simulated instructions/s (race check on)", ips_races / 1e6);
-        say!("  {:>8.2} M instructions/s loaded (validation, timed apart)", load_ips / 1e6);
-        say!("  simulated time {:.1} us, {:.1} TFLOPS", total_ps as f64 / 1e6, sim_tflops);
+        for t in &timed {
+            let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
+            say!(
+                "timed-only: {}, {} instructions, {:.1} us simulated",
+                t["program"].as_str().unwrap_or(""),
+                t["instructions"],
+                f("simulated_ns") / 1e3
+            );
+            say!("  {:>8.2} M simulated instructions/s (race check off)", f("insts_per_s") / 1e6);
+            say!("  {:>8.2} M simulated instructions/s (race check on)", f("insts_per_s_with_race_check") / 1e6);
+            say!(
+                "  {:>8.2} M instructions/s loaded (validation + timing plan, timed apart)",
+                f("load_insts_per_s") / 1e6
+            );
+        }
         say!("functional matmul {fm}x{fk}x{fnn} bf16 (values + time) vs host GEMM f32, one thread:");
         say!(
             "  simulator {:.4} s ({:.4} s with race check), host gemm {:.4} s",

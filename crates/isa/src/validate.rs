@@ -289,13 +289,17 @@ impl Cx<'_> {
                 format!("core {} does not exist on {} ({} cores)", inst.core, self.chip.name, self.chip.chip.cores);
             self.inst_err(None, msg);
         }
+        // Few deps per instruction: a quadratic duplicate scan beats hashing
+        // (this runs once per instruction of every loaded program).
         let mut seen = HashSet::new();
-        for &dep in &inst.deps {
+        let small = inst.deps.len() <= 16;
+        for (k, &dep) in inst.deps.iter().enumerate() {
+            let duplicate = if small { inst.deps[..k].contains(&dep) } else { !seen.insert(dep) };
             if dep == self.id {
                 self.inst_err(None, "waits on itself".into());
             } else if dep.0 as usize >= count {
                 self.inst_err(None, format!("waits on {dep}, which does not exist ({count} instructions)"));
-            } else if !seen.insert(dep) {
+            } else if duplicate {
                 self.inst_err(None, format!("waits on {dep} twice"));
             }
         }
