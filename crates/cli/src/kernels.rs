@@ -326,12 +326,18 @@ pub fn bench_suite(json_out: bool, quick: bool) -> Result<()> {
             continue;
         }
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        // Kernels that do not use the Tensor engine have no compute peak to compare with.
+        let pct_peak = if r["roofline_bound"] == "memory" && f("achieved_tflops") < 0.05 * f("peak_tflops") {
+            "-".to_string()
+        } else {
+            format!("{:.1}%", f("pct_of_peak"))
+        };
         let opts: Vec<String> = r["options"]
             .as_object()
             .map(|o| o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
             .unwrap_or_default();
         say!(
-            "| {} | {} | {} | {} | {} | {:.1} us | {:.1} | {:.1}% | {:.1}% | {} | {} | {:.2} s |",
+            "| {} | {} | {} | {} | {} | {:.1} us | {:.1} | {} | {:.1}% | {} | {} | {:.2} s |",
             r["kernel"].as_str().unwrap_or(""),
             r["chip"].as_str().unwrap_or(""),
             r["shape"]
@@ -342,7 +348,7 @@ pub fn bench_suite(json_out: bool, quick: bool) -> Result<()> {
             opts.join(" "),
             f("total_ns") / 1e3,
             f("achieved_tflops"),
-            f("pct_of_peak"),
+            pct_peak,
             f("pct_of_roofline"),
             r["roofline_bound"].as_str().unwrap_or(""),
             r["target"].as_str().unwrap_or(""),
