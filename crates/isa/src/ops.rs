@@ -166,6 +166,23 @@ impl AluOp {
     /// Applies the operator in FP32 (the engines' arithmetic, HW-DT-MATH).
     #[inline]
     pub fn apply_f32(self, a: f32, b: f32) -> f32 {
+        match self {
+            // Bitwise ops on floats act on the integer values (validation keeps them to ints).
+            AluOp::BitAnd | AluOp::BitOr | AluOp::BitXor | AluOp::ShiftLeft | AluOp::ShiftRight => {
+                self.apply_bits(a as i64 as u32, b as i64 as u32) as i32 as f32
+            }
+            AluOp::Add => a + b,
+            AluOp::Sub => a - b,
+            AluOp::Mul => a * b,
+            AluOp::Div => a / b,
+            // Every other operator is exact, or rounds once, when computed in f64.
+            _ => self.apply_f64(a as f64, b as f64) as f32,
+        }
+    }
+
+    /// The arithmetic definition in f64 (also the host reference of the
+    /// kernels); NaN for the bitwise operators, which have no float meaning.
+    pub fn apply_f64(self, a: f64, b: f64) -> f64 {
         let truth = |c: bool| if c { 1.0 } else { 0.0 };
         match self {
             AluOp::Add => a + b,
@@ -187,10 +204,7 @@ impl AluOp {
             AluOp::LogicalOr => truth(a != 0.0 || b != 0.0),
             AluOp::LogicalXor => truth((a != 0.0) ^ (b != 0.0)),
             AluOp::Bypass => a,
-            // Bitwise ops on floats act on the integer values (validation keeps them to ints).
-            AluOp::BitAnd | AluOp::BitOr | AluOp::BitXor | AluOp::ShiftLeft | AluOp::ShiftRight => {
-                self.apply_bits(a as i64 as u32, b as i64 as u32) as i32 as f32
-            }
+            AluOp::BitAnd | AluOp::BitOr | AluOp::BitXor | AluOp::ShiftLeft | AluOp::ShiftRight => f64::NAN,
         }
     }
 
@@ -260,9 +274,26 @@ text_enum! {
 }
 
 impl ActFn {
-    /// Evaluates the function in FP32 (f64 internally for the transcendental ones).
+    /// Evaluates the function in FP32: computed in f64 and rounded once, so
+    /// results are exact to FP32 rounding (the hardware's table approximations
+    /// are not modelled, HW-ACTFN-SIM).
     #[inline]
     pub fn eval(self, x: f32) -> f32 {
+        match self {
+            // Exact in f32 already; skip the round trip.
+            ActFn::Identity => x,
+            ActFn::Relu => x.max(0.0),
+            ActFn::Square => x * x,
+            ActFn::Abs => x.abs(),
+            ActFn::Sqrt => x.sqrt(),
+            ActFn::Reciprocal => 1.0 / x,
+            _ => self.eval_f64(x as f64) as f32,
+        }
+    }
+
+    /// The mathematical definition in f64 (also the host reference of the kernels).
+    pub fn eval_f64(self, x: f64) -> f64 {
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
         match self {
             ActFn::Identity => x,
             ActFn::Exp => x.exp(),
@@ -271,16 +302,12 @@ impl ActFn {
             ActFn::Sigmoid => sigmoid(x),
             ActFn::Relu => x.max(0.0),
             ActFn::GeluTanh => {
-                let x64 = x as f64;
                 let c = (2.0 / std::f64::consts::PI).sqrt();
-                (0.5 * x64 * (1.0 + (c * (x64 + 0.044715 * x64 * x64 * x64)).tanh())) as f32
+                0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
             }
-            ActFn::GeluErf => (0.5 * x as f64 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2))) as f32,
+            ActFn::GeluErf => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
             ActFn::Silu => x * sigmoid(x),
-            ActFn::Softplus => {
-                let x64 = x as f64;
-                (x64.max(0.0) + (-x64.abs()).exp().ln_1p()) as f32
-            }
+            ActFn::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
             ActFn::Sqrt => x.sqrt(),
             ActFn::Rsqrt => 1.0 / x.sqrt(),
             ActFn::Reciprocal => 1.0 / x,
@@ -295,14 +322,9 @@ impl ActFn {
                     0.0
                 }
             }
-            ActFn::Erf => erf(x as f64) as f32,
+            ActFn::Erf => erf(x),
         }
     }
-}
-
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    (1.0 / (1.0 + (-(x as f64)).exp())) as f32
 }
 
 /// The error function, to ~1e-15 relative accuracy (series / continued

@@ -219,44 +219,18 @@ pub(crate) fn split_at(n: usize, f: f64) -> usize {
     }
 }
 
-/// Host value of an activation function in f64 (the reference side).
+/// Host value of an activation function in f64 (the reference side): the
+/// ISA's definition.
 pub(crate) fn act_f64(f: ActFn, x: f64) -> f64 {
-    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
-    match f {
-        ActFn::Identity => x,
-        ActFn::Exp => x.exp(),
-        ActFn::Log => x.ln(),
-        ActFn::Tanh => x.tanh(),
-        ActFn::Sigmoid => sigmoid(x),
-        ActFn::Relu => x.max(0.0),
-        ActFn::GeluTanh => {
-            let c = (2.0 / std::f64::consts::PI).sqrt();
-            0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
-        }
-        ActFn::GeluErf => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
-        ActFn::Silu => x * sigmoid(x),
-        ActFn::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
-        ActFn::Sqrt => x.sqrt(),
-        ActFn::Rsqrt => 1.0 / x.sqrt(),
-        ActFn::Reciprocal => 1.0 / x,
-        ActFn::Square => x * x,
-        ActFn::Abs => x.abs(),
-        ActFn::Sign => {
-            if x > 0.0 {
-                1.0
-            } else if x < 0.0 {
-                -1.0
-            } else {
-                0.0
-            }
-        }
-        ActFn::Erf => erf(x),
-    }
+    f.eval_f64(x)
 }
 
-/// erf in f64: a positive-term series below 5, the asymptotic erfc series
+/// erf in f64, written independently of the ISA's (the reference definition
+/// used by both the device and the kernel references), to cross-check it:
+/// a positive-term series below 5, the asymptotic erfc series
 /// beyond (where erfc < 2e-12). Accurate to ~1e-14, far below any device
 /// tolerance; written independently of the simulator's own erf.
+#[cfg(test)]
 pub(crate) fn erf(x: f64) -> f64 {
     if x.is_nan() {
         return f64::NAN;
