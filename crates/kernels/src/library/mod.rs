@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 
 use trainyard_arch::{ChipSpec, DType, SplitMix64};
-use trainyard_isa::Program;
+use trainyard_isa::{Program, TensorKind};
+
+use crate::builder::{HbmTensor, KernelBuilder};
 
 use crate::error::BuildError;
 
@@ -157,7 +159,84 @@ impl Tolerance {
 /// Named host tensors: shape and values (f64).
 pub type HostTensors = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
 
+/// One HBM tensor a kernel instance reads or writes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSig {
+    /// Name in the kernel's contract (`a`, `b`, `c`, `x`, ...).
+    pub name: String,
+    /// Input (read) or Output (written).
+    pub kind: TensorKind,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+    /// Element type.
+    pub dtype: DType,
+}
+
+/// HBM tensors bound to the names of a kernel's signature.
+pub type Bindings = BTreeMap<String, HbmTensor>;
+
+/// What an emitted kernel costs at minimum (see [`Built`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cost {
+    /// Useful floating-point operations.
+    pub flops: u64,
+    /// Compulsory HBM traffic, bytes.
+    pub bytes_hbm: u64,
+    /// Dtype whose Tensor-engine peak bounds the kernel, if any.
+    pub peak_dtype: Option<DType>,
+}
+
+/// Builds a standalone program for a composable kernel: declares its
+/// signature's tensors (inputs with `hbm_input`, outputs with `hbm_output`)
+/// and emits it.
+pub fn standalone(kernel: &dyn Kernel, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+    let mut kb = KernelBuilder::new(kernel.name(), chip);
+    let mut io = Bindings::new();
+    for sig in kernel.signature(chip, args)? {
+        let t = match sig.kind {
+            TensorKind::Output => kb.hbm_output(&sig.name, &sig.shape, sig.dtype)?,
+            _ => kb.hbm_input(&sig.name, &sig.shape, sig.dtype)?,
+        };
+        io.insert(sig.name, t);
+    }
+    let cost = kernel.emit(&mut kb, args, &io)?;
+    Ok(Built { program: kb.finish()?, flops: cost.flops, bytes_hbm: cost.bytes_hbm, peak_dtype: cost.peak_dtype })
+}
+
+/// Checks that `io` binds every tensor of `kernel`'s signature with the right
+/// shape and dtype (for callers composing kernels into a larger program).
+pub fn check_bindings(kernel: &dyn Kernel, chip: &ChipSpec, args: &KernelArgs, io: &Bindings) -> Result<(), BuildError> {
+    for sig in kernel.signature(chip, args)? {
+        let t = io.get(&sig.name).ok_or_else(|| BuildError::Kernel {
+            kernel: kernel.name().to_string(),
+            message: format!("tensor `{}` is not bound", sig.name),
+        })?;
+        if t.shape() != sig.shape.as_slice() || t.dtype() != sig.dtype {
+            return Err(BuildError::Kernel {
+                kernel: kernel.name().to_string(),
+                message: format!(
+                    "tensor `{}` must be {}{:?}, the bound tensor `{}` is {}{:?}",
+                    sig.name,
+                    sig.dtype,
+                    sig.shape,
+                    t.name(),
+                    t.dtype(),
+                    t.shape()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A kernel of the library.
+///
+/// Kernels are composable: [`Kernel::emit`] appends the kernel to any
+/// [`KernelBuilder`], reading and writing HBM tensors the caller binds by the
+/// names of [`Kernel::signature`] (inputs, outputs or scratch of a larger
+/// program), and frees every tile it allocates, so several kernels can follow
+/// each other in one program with dependencies between them computed by the
+/// builder. [`Kernel::build`] makes a standalone program ([`standalone`]).
 pub trait Kernel: Send + Sync {
     /// Registry name (`matmul`, `softmax`, ...).
     fn name(&self) -> &'static str;
@@ -177,7 +256,17 @@ pub trait Kernel: Send + Sync {
     }
     /// A small default shape (used by `kernel bench` without `--shape`).
     fn default_shape(&self) -> Vec<usize>;
-    /// Emits the program.
+    /// The HBM tensors of an instance: inputs, then outputs.
+    fn signature(&self, _chip: &ChipSpec, _args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        Err(BuildError::Kernel { kernel: self.name().to_string(), message: "not composable yet".into() })
+    }
+    /// Appends the kernel's instructions to `kb` over the bound tensors `io`
+    /// (checked with [`check_bindings`]) on cores `0..args.cores`, freeing
+    /// every tile it allocates.
+    fn emit(&self, _kb: &mut KernelBuilder, _args: &KernelArgs, _io: &Bindings) -> Result<Cost, BuildError> {
+        Err(BuildError::Kernel { kernel: self.name().to_string(), message: "not composable yet".into() })
+    }
+    /// A standalone program for these arguments.
     fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError>;
     /// Host reference in f64 from the program's inputs (values as stored on the device).
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError>;
