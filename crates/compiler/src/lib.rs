@@ -1,0 +1,26 @@
+//! `trainyard-compiler`: from models to device programs.
+//!
+//! Today it holds [`llm`]: Hugging Face `config.json` import for the Llama, Mistral, Mixtral
+//! and Qwen2/Qwen3 families, parameter / FLOP / KV-cache accounting, and a per-core memory
+//! plan for tensor-parallel inference (`--tp auto`).
+//!
+//! ```
+//! use trainyard_arch::DType;
+//! use trainyard_compiler::llm::{plan_memory, smallest_tp, LlmConfig, MemoryError, TP_CANDIDATES};
+//!
+//! let cfg = LlmConfig::bundled("llama-3.1-8b")?;
+//! assert_eq!(cfg.param_counts().total, 8_030_261_248);
+//! assert_eq!(cfg.kv_cache_bytes_per_token(DType::Bf16), 128 * 1024);
+//!
+//! // Trainium2: 96 GiB of HBM over 8 NeuronCores.
+//! let hbm_per_core = 96u64 << 30 >> 3;
+//! let plan = plan_memory(&cfg, DType::Bf16, 2, 1, 8192, hbm_per_core, 8)?;
+//! assert!(plan.total <= hbm_per_core);
+//! let too_small = plan_memory(&cfg, DType::Bf16, 1, 1, 8192, hbm_per_core, 8);
+//! assert!(matches!(too_small, Err(MemoryError::DoesNotFit { .. })));
+//! assert_eq!(smallest_tp(&cfg, DType::Bf16, 1, 8192, hbm_per_core, 8, &TP_CANDIDATES)?, 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod llm;

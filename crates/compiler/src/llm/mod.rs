@@ -1,0 +1,20 @@
+//! Decoder-only LLMs described by a Hugging Face `config.json`.
+//!
+//! * [`LlmConfig`] — the typed, validated config ([`LlmConfig::bundled`] for the files under
+//!   `models/`, [`LlmConfig::load`] for any other); import errors are [`ConfigError`]s that
+//!   name the file and the key. Parsing rules and defaults are in [`parse`].
+//! * [`accounting`] — parameter counts, FLOPs per token, KV-cache and weight bytes.
+//! * [`memory`] — per-core weights + KV cache + activations under tensor parallelism,
+//!   [`plan_memory`] and [`smallest_tp`].
+
+pub mod accounting;
+mod config;
+mod error;
+pub mod memory;
+pub mod parse;
+
+pub use accounting::ParamCounts;
+pub use config::{bundled_names, AttentionBias, Family, LlmConfig, Moe, RopeScaling, SlidingWindow};
+pub use error::{ConfigError, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES};
+pub use memory::{plan_memory, smallest_tp, MemoryError, MemoryPart, MemoryPlan, PREFILL_CHUNK_TOKENS, TP_CANDIDATES};
+pub use parse::MAX_PARAMS;
