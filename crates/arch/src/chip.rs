@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// The file could not be read.
-    #[error("{path}: cannot read chip spec: {source}")]
+    #[error("{}: cannot read chip spec: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, so not also a `source`).
+        error: std::io::Error,
     },
     /// TOML syntax error, a missing key, an unknown key or a wrongly typed value.
     #[error("{path}: {message}")]
@@ -425,8 +425,7 @@ impl ChipSpec {
 
     /// Reads, parses and validates a chip file.
     pub fn load(path: &Path) -> Result<Self, SpecError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| SpecError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| SpecError::Io { path: path.to_path_buf(), error })?;
         Self::from_toml_str(&text, path)
     }
 

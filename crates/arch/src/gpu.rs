@@ -119,8 +119,7 @@ impl GpuSpec {
 
     /// Reads, parses and validates a GPU file.
     pub fn load(path: &Path) -> Result<Self, SpecError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| SpecError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| SpecError::Io { path: path.to_path_buf(), error })?;
         Self::from_toml_str(&text, path)
     }
 

@@ -10,6 +10,7 @@ macro_rules! say {
 
 mod bench;
 mod kernels;
+mod model;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -76,6 +77,30 @@ enum Command {
     Kernel {
         #[command(subcommand)]
         what: KernelWhat,
+    },
+    /// What an LLM needs: parameters, memory per core and smallest TP per chip, analytic GPU estimates.
+    Model {
+        /// Bundled model name (e.g. llama-3.1-8b; see models/).
+        #[arg(long)]
+        model: Option<String>,
+        /// Any Hugging Face config.json.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Weight, KV-cache and activation dtype.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        /// Sequences in flight.
+        #[arg(long, default_value_t = 1)]
+        batch: u32,
+        /// Prompt tokens.
+        #[arg(long, default_value_t = 2048)]
+        input_len: u64,
+        /// Generated tokens.
+        #[arg(long, default_value_t = 256)]
+        output_len: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Benchmarks that print figures measured in this run.
     Bench {
@@ -216,6 +241,9 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench { what: BenchWhat::Sim { json, quick } } => bench::sim(json, quick),
         Command::Bench { what: BenchWhat::Kernels { json, quick } } => kernels::bench_suite(json, quick),
         Command::Kernels { json } => kernels::list(json),
+        Command::Model { model, config, dtype, batch, input_len, output_len, json } => {
+            model::model(model.as_deref(), config.as_deref(), &dtype, batch, input_len, output_len, json)
+        }
         Command::Kernel { what: KernelWhat::Bench { sel, timed_only, json, seed, trace, no_race_check } } => {
             let s = kernels::select(&sel.name, &sel.chip, sel.shape.as_deref(), &sel.dtype, sel.cores, &sel.opts)?;
             kernels::bench(s, timed_only, json, seed, trace.as_deref(), no_race_check)

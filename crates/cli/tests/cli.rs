@@ -174,3 +174,19 @@ fn demo_runs_and_checks_itself() {
     assert!(out.contains("check: max |C - reference|") && out.contains("core0.tensor"), "{out}");
     assert!(trace.exists());
 }
+
+#[test]
+fn model_reports_memory_plans_and_labelled_gpu_estimates() {
+    let v: serde_json::Value = serde_json::from_str(&ok(&["model", "--model", "llama-3.1-8b", "--json"])).unwrap();
+    assert_eq!(v["params_total"].as_u64(), Some(8_030_261_248));
+    let trn2 = v["trainium_memory_plan"].as_array().unwrap().iter().find(|r| r["chip"] == "trn2").unwrap().clone();
+    assert!(trn2["total_bytes_per_core"].as_u64().unwrap() <= trn2["hbm_bytes_per_core"].as_u64().unwrap());
+    let rows = v["gpu_analytic"]["rows"].as_array().unwrap();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["label"] == "analytic"), "{rows:?}");
+    let text = ok(&["model", "--model", "llama-3.1-405b"]);
+    assert!(text.contains("over by") && text.contains("trn1"), "{text}");
+    let err = fails(&["model", "--model", "gpt2"]);
+    assert!(err.contains("gpt2") && err.contains("llama-3.1-8b"), "{err}");
+    let err = fails(&["run", "examples/tiny_matmul.tys", "--chip", "/nonexistent/chip.toml"]);
+    assert!(err.contains("/nonexistent/chip.toml"), "{err}");
+}

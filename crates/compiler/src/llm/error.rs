@@ -19,8 +19,7 @@ pub enum ConfigError {
     Io {
         /// The file.
         file: String,
-        /// The I/O error.
-        #[source]
+        /// The I/O error (in the message, so not also a `source`).
         err: std::io::Error,
     },
     /// The text is not JSON.
