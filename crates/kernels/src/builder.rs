@@ -137,6 +137,22 @@ impl HbmTensor {
     pub fn offset(&self) -> u64 {
         self.offset
     }
+
+    /// The same bytes seen with another row-major shape of as many elements,
+    /// so that kernels whose signatures name different dims can share one
+    /// tensor (e.g. `[T, H, D]` token-major and `[1, 1, S, D]`).
+    pub fn reshaped(&self, shape: &[usize]) -> Result<HbmTensor, BuildError> {
+        let count = |s: &[usize]| s.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n));
+        if shape.contains(&0) || count(shape) != count(self.view.shape()) {
+            return Err(BuildError::BadShape {
+                what: format!("tensor `{}` reshaped from {:?}", self.name, self.view.shape()),
+                shape: shape.to_vec(),
+                message: "must be positive dims with the same element count".into(),
+            });
+        }
+        let view = View::hbm(&self.name, self.offset, shape, self.view.dtype());
+        Ok(HbmTensor { name: self.name.clone(), kind: self.kind, offset: self.offset, view })
+    }
 }
 
 forward_view_ops!(HbmTensor);

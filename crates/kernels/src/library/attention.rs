@@ -7,13 +7,18 @@
 //! * `decode_attention` — one query token per sequence against a cached K/V
 //!   in HBM; memory-bound, every cache byte read once ([`decode`]).
 //! * `rotary` — RoPE in the "rotate half" convention of Llama ([`rotary`]).
+//!
+//! All three are composable (`signature` + `emit`): each allocates its tiles
+//! per core from an `Arena` freed when it returns, so e.g. two `rotary`
+//! emits into HBM scratch can feed `flash_attention` in one program
+//! (`tests.rs`).
 
 use trainyard_arch::{ChipSpec, DType};
 use trainyard_isa::{ActFn, InstId};
 
-use super::Kernel;
+use super::{Bindings, Kernel, KernelArgs};
 use crate::view::AsAp;
-use crate::{BuildError, KernelBuilder};
+use crate::{BuildError, HbmTensor, KernelBuilder, Tile, View};
 
 pub mod decode;
 pub mod flash;
@@ -84,3 +89,86 @@ fn attend_row(q: &[f64], k: &[f64], v: &[f64], keys: usize, d: usize, scale: f64
 
 /// Dtypes the attention kernels accept.
 const FLOAT_DTYPES: &[DType] = &[DType::F32, DType::Bf16, DType::F16];
+
+/// Options and dtype checks that `library::build` makes, repeated for callers
+/// that reach a kernel through `signature` / `emit` directly.
+fn check_args(kernel: &dyn Kernel, args: &KernelArgs) -> Result<(), BuildError> {
+    args.check_options(kernel)?;
+    if !kernel.dtypes().contains(&args.dtype) {
+        return Err(kernel_err(kernel.name(), format!("dtype {} is not supported", args.dtype)));
+    }
+    Ok(())
+}
+
+/// The tensor bound to `name` (present once `check_bindings` passed).
+fn bound<'a>(kernel: &str, io: &'a Bindings, name: &str) -> Result<&'a HbmTensor, BuildError> {
+    io.get(name).ok_or_else(|| kernel_err(kernel, format!("tensor `{name}` is not bound")))
+}
+
+/// The tiles of one emitted kernel on one core, handed out as views and
+/// freed together, so that the next kernel in the builder finds SBUF and
+/// PSUM as this one found them.
+#[derive(Default)]
+struct Arena {
+    tiles: Vec<Tile>,
+}
+
+impl Arena {
+    fn sbuf(&mut self, kb: &mut KernelBuilder, shape: &[usize], dtype: DType) -> Result<View, BuildError> {
+        let tile = kb.sbuf_tile(shape, dtype)?;
+        let view = tile.view();
+        self.tiles.push(tile);
+        Ok(view)
+    }
+
+    fn psum(&mut self, kb: &mut KernelBuilder, shape: &[usize], dtype: DType) -> Result<View, BuildError> {
+        let tile = kb.psum_tile(shape, dtype)?;
+        let view = tile.view();
+        self.tiles.push(tile);
+        Ok(view)
+    }
+
+    /// `n` SBUF (or PSUM) buffers of one shape.
+    fn ring(
+        &mut self,
+        kb: &mut KernelBuilder,
+        n: usize,
+        shape: &[usize],
+        dtype: DType,
+        psum: bool,
+    ) -> Result<Vec<View>, BuildError> {
+        (0..n).map(|_| if psum { self.psum(kb, shape, dtype) } else { self.sbuf(kb, shape, dtype) }).collect()
+    }
+}
+
+/// Runs `body` with a fresh [`Arena`] and frees it afterwards, also when
+/// `body` fails part-way (the first error wins).
+fn with_arena<T>(
+    kb: &mut KernelBuilder,
+    body: impl FnOnce(&mut KernelBuilder, &mut Arena) -> Result<T, BuildError>,
+) -> Result<T, BuildError> {
+    let mut arena = Arena::default();
+    let result = body(kb, &mut arena);
+    let freed = arena.tiles.into_iter().try_for_each(|t| kb.free(t));
+    let value = result?;
+    freed?;
+    Ok(value)
+}
+
+/// Emits on each core `0..cores` in turn, then sends the builder back to the
+/// core it was on.
+fn on_cores(
+    kb: &mut KernelBuilder,
+    cores: usize,
+    mut body: impl FnMut(&mut KernelBuilder, usize) -> Result<(), BuildError>,
+) -> Result<(), BuildError> {
+    let caller = kb.current_core();
+    for c in 0..cores {
+        kb.core(c as u16)?;
+        body(kb, c)?;
+    }
+    kb.core(caller)
+}
+
+#[cfg(test)]
+mod tests;

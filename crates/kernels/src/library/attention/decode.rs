@@ -17,11 +17,14 @@
 //! with a running max and rescaled accumulators.
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{ActFn, AluOp, Engine};
+use trainyard_isa::{ActFn, AluOp, Engine, TensorKind};
 
-use super::{attend_row, check_head_dim, kernel_err, kv_heads, scalar_copy, softmax_scale, FLOAT_DTYPES};
-use crate::library::{Built, HostTensors, Kernel, KernelArgs};
-use crate::{BuildError, HbmTensor, KernelBuilder, Stage, Tile, View};
+use super::{
+    attend_row, bound, check_args, check_head_dim, kernel_err, kv_heads, on_cores, scalar_copy, softmax_scale,
+    with_arena, Arena, FLOAT_DTYPES,
+};
+use crate::library::{self, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig};
+use crate::{BuildError, HbmTensor, KernelBuilder, Stage, View};
 
 const NAME: &str = "decode_attention";
 
@@ -56,10 +59,15 @@ struct Problem {
 
 impl Problem {
     fn parse(chip: &ChipSpec, args: &KernelArgs) -> Result<Problem, BuildError> {
+        check_args(&DecodeAttention, args)?;
         let [b, h, l, d] = args.dims::<4>(NAME, "B,H,L,D")?;
         check_head_dim(NAME, chip, d)?;
         let kvh = kv_heads(NAME, args, h)?;
         let scale = softmax_scale(NAME, args, d)?;
+        let g = h / kvh;
+        if g > MAX_HEADS {
+            return Err(kernel_err(NAME, format!("{g} query heads per kv head exceed the {MAX_HEADS} of one pass")));
+        }
         Ok(Problem { b, h, l, d, kvh, scale, dtype: args.dtype })
     }
 
@@ -113,29 +121,29 @@ struct Pass {
     kv1: usize,
 }
 
-/// Everything one core allocates.
+/// Everything one core allocates (views of tiles its [`Arena`] owns).
 struct Bufs {
-    s: Tile,
-    kps: Vec<Tile>,
-    pps: Vec<Tile>,
-    ot: Tile,
-    o_ps: Tile,
-    kn: Vec<Tile>,
-    vn: Vec<Tile>,
-    kt: Vec<Tile>,
-    qs: Tile,
-    qm: Tile,
-    p: Tile,
-    pts: Tile,
-    nbm: Tile,
-    nbm_min: Tile,
-    nb: [Tile; 2],
-    alpha: Tile,
-    lsum: Tile,
-    l: [Tile; 2],
-    ot_sb: Tile,
-    oacc: Tile,
-    out: Tile,
+    s: View,
+    kps: Vec<View>,
+    pps: Vec<View>,
+    ot: View,
+    o_ps: View,
+    kn: Vec<View>,
+    vn: Vec<View>,
+    kt: Vec<View>,
+    qs: View,
+    qm: View,
+    p: View,
+    pts: View,
+    nbm: View,
+    nbm_min: View,
+    nb: [View; 2],
+    alpha: View,
+    lsum: View,
+    l: [View; 2],
+    ot_sb: View,
+    oacc: View,
+    out: View,
 }
 
 /// Ring depths of the per-kv-head buffers: the cache slices of a pass stay
@@ -147,35 +155,40 @@ fn ring_depth(kb: &mut KernelBuilder, kv_per_pass: usize, bytes_each: usize) -> 
 }
 
 impl Bufs {
-    fn new(kb: &mut KernelBuilder, p: &Problem, heads: usize, kv_per_pass: usize) -> Result<Bufs, BuildError> {
+    fn new(
+        kb: &mut KernelBuilder,
+        a: &mut Arena,
+        p: &Problem,
+        heads: usize,
+        kv_per_pass: usize,
+    ) -> Result<Bufs, BuildError> {
         let (dt, d, lc) = (p.dtype, p.d, p.chunk());
         let nb = lc / KS;
-        let s = kb.psum_tile(&[heads, lc], DType::F32)?;
-        let kps = (0..2).map(|_| kb.psum_tile(&[d, GROUP, KS], dt)).collect::<Result<Vec<_>, _>>()?;
-        let pps = (0..2).map(|_| kb.psum_tile(&[KS, GROUP, heads], dt)).collect::<Result<Vec<_>, _>>()?;
-        let ot = kb.psum_tile(&[d, heads], DType::F32)?;
-        let o_ps = kb.psum_tile(&[heads, d], DType::F32)?;
-        let qs = kb.sbuf_tile(&[heads, d], dt)?;
-        let qm = kb.sbuf_tile(&[d, kv_per_pass, heads], dt)?;
-        let pt = kb.sbuf_tile(&[heads, lc], dt)?;
-        let pts = kb.sbuf_tile(&[KS, nb + 1, heads], dt)?;
+        let s = a.psum(kb, &[heads, lc], DType::F32)?;
+        let kps = a.ring(kb, 2, &[d, GROUP, KS], dt, true)?;
+        let pps = a.ring(kb, 2, &[KS, GROUP, heads], dt, true)?;
+        let ot = a.psum(kb, &[d, heads], DType::F32)?;
+        let o_ps = a.psum(kb, &[heads, d], DType::F32)?;
+        let qs = a.sbuf(kb, &[heads, d], dt)?;
+        let qm = a.sbuf(kb, &[d, kv_per_pass, heads], dt)?;
+        let pt = a.sbuf(kb, &[heads, lc], dt)?;
+        let pts = a.sbuf(kb, &[KS, nb + 1, heads], dt)?;
         let pieces = lc / MM_N;
-        let nbm = kb.sbuf_tile(&[heads, pieces], DType::Bf16)?;
-        let nbm_min = kb.sbuf_tile(&[heads, 1], DType::Bf16)?;
-        let nbs = [kb.sbuf_tile(&[heads, 1], DType::F32)?, kb.sbuf_tile(&[heads, 1], DType::F32)?];
-        let alpha = kb.sbuf_tile(&[heads, 1], DType::F32)?;
-        let lsum = kb.sbuf_tile(&[heads, pieces], DType::F32)?;
-        let l = [kb.sbuf_tile(&[heads, 1], DType::F32)?, kb.sbuf_tile(&[heads, 1], DType::F32)?];
-        let ot_sb = kb.sbuf_tile(&[d, heads], DType::F32)?;
-        let oacc = kb.sbuf_tile(&[heads, d], DType::F32)?;
-        let out = kb.sbuf_tile(&[heads, d], dt)?;
+        let nbm = a.sbuf(kb, &[heads, pieces], DType::Bf16)?;
+        let nbm_min = a.sbuf(kb, &[heads, 1], DType::Bf16)?;
+        let nbs = [a.sbuf(kb, &[heads, 1], DType::F32)?, a.sbuf(kb, &[heads, 1], DType::F32)?];
+        let alpha = a.sbuf(kb, &[heads, 1], DType::F32)?;
+        let lsum = a.sbuf(kb, &[heads, pieces], DType::F32)?;
+        let l = [a.sbuf(kb, &[heads, 1], DType::F32)?, a.sbuf(kb, &[heads, 1], DType::F32)?];
+        let ot_sb = a.sbuf(kb, &[d, heads], DType::F32)?;
+        let oacc = a.sbuf(kb, &[heads, d], DType::F32)?;
+        let out = a.sbuf(kb, &[heads, d], dt)?;
         let slice = (nb + 1) * d * dt.size();
         let kt_bytes = lc * dt.size();
         let depth = ring_depth(kb, kv_per_pass, 2 * slice + kt_bytes);
-        let mut ring = |shape: &[usize]| (0..depth).map(|_| kb.sbuf_tile(shape, dt)).collect::<Result<Vec<_>, _>>();
-        let kn = ring(&[KS, nb + 1, d])?;
-        let vn = ring(&[KS, nb + 1, d])?;
-        let kt = ring(&[d, lc])?;
+        let kn = a.ring(kb, depth, &[KS, nb + 1, d], dt, false)?;
+        let vn = a.ring(kb, depth, &[KS, nb + 1, d], dt, false)?;
+        let kt = a.ring(kb, depth, &[d, lc], dt, false)?;
         Ok(Bufs {
             s,
             kps,
@@ -213,7 +226,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// `[keys, D]` slices of one kv head's chunk (`src` is its `[L, D]` cache) in the permuted layout.
-    fn load(&self, kb: &mut KernelBuilder, src: View, dst: &Tile, ch: &Chunk) -> Result<(), BuildError> {
+    fn load(&self, kb: &mut KernelBuilder, src: View, dst: &View, ch: &Chunk) -> Result<(), BuildError> {
         let d = self.p.d;
         if ch.n > 0 {
             let rows = src.rows(ch.c0..ch.c0 + ch.n * KS).reshape(&[KS, ch.n, d]);
@@ -462,17 +475,24 @@ impl Kernel for DecodeAttention {
         vec![1, 8, 512, 64]
     }
 
-    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+    fn signature(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
         let p = Problem::parse(chip, args)?;
+        let sig =
+            |name: &str, kind, shape: Vec<usize>| TensorSig { name: name.to_string(), kind, shape, dtype: p.dtype };
+        Ok(vec![
+            sig("q", TensorKind::Input, vec![p.b, p.h, p.d]),
+            sig("k_cache", TensorKind::Input, vec![p.b, p.kvh, p.l, p.d]),
+            sig("v_cache", TensorKind::Input, vec![p.b, p.kvh, p.l, p.d]),
+            sig("o", TensorKind::Output, vec![p.b, p.h, p.d]),
+        ])
+    }
+
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        library::check_bindings(self, kb.chip(), args, io)?;
+        let p = Problem::parse(kb.chip(), args)?;
         let g = p.group();
-        if g > MAX_HEADS {
-            return Err(kernel_err(NAME, format!("{g} query heads per kv head exceed the {MAX_HEADS} of one pass")));
-        }
-        let mut kb = KernelBuilder::new(NAME, chip);
-        let q = kb.hbm_input("q", &[p.b, p.h, p.d], p.dtype)?;
-        let k = kb.hbm_input("k_cache", &[p.b, p.kvh, p.l, p.d], p.dtype)?;
-        let v = kb.hbm_input("v_cache", &[p.b, p.kvh, p.l, p.d], p.dtype)?;
-        let o = kb.hbm_output("o", &[p.b, p.h, p.d], p.dtype)?;
+        let [q, k, v, o] = ["q", "k_cache", "v_cache", "o"].map(|name| bound(NAME, io, name));
+        let (q, k, v, o) = (q?, k?, v?, o?);
         let chunks: Vec<Chunk> = (0..p.l)
             .step_by(p.chunk())
             .map(|c0| {
@@ -483,8 +503,7 @@ impl Kernel for DecodeAttention {
         let units = p.b * p.kvh;
         let cores = (args.cores as usize).min(units).max(1);
         let kv_max = MAX_HEADS / g;
-        for c in 0..cores {
-            kb.core(c as u16)?;
+        on_cores(kb, cores, |kb, c| {
             // Core c's (b, kv) units, cut into passes of one batch and ≤ 128 query heads.
             let mut passes: Vec<Pass> = Vec::new();
             for u in c * units / cores..(c + 1) * units / cores {
@@ -495,17 +514,21 @@ impl Kernel for DecodeAttention {
                 }
             }
             let kv_per_pass = passes.iter().map(|ps| ps.kv1 - ps.kv0).max().unwrap_or(1);
-            let bufs = Bufs::new(&mut kb, &p, kv_per_pass * g, kv_per_pass)?;
-            kb.memset(Engine::GpSimd, &bufs.qm, 0.0)?;
-            let ctx = Ctx { p: &p, q: &q, k: &k, v: &v, o: &o, bufs: &bufs };
-            for pass in &passes {
-                ctx.run_pass(&mut kb, pass, &chunks)?;
-            }
-        }
+            with_arena(kb, |kb, arena| {
+                let bufs = Bufs::new(kb, arena, &p, kv_per_pass * g, kv_per_pass)?;
+                kb.memset(Engine::GpSimd, &bufs.qm, 0.0)?;
+                let ctx = Ctx { p: &p, q, k, v, o, bufs: &bufs };
+                passes.iter().try_for_each(|pass| ctx.run_pass(kb, pass, &chunks))
+            })
+        })?;
         let cache = (p.b * p.kvh * p.l * p.d * p.dtype.size()) as u64;
         let qo = (p.b * p.h * p.d * p.dtype.size()) as u64;
         let flops = 4 * (p.b * p.h * p.l * p.d) as u64;
-        Ok(Built { program: kb.finish()?, flops, bytes_hbm: 2 * cache + 2 * qo, peak_dtype: None })
+        Ok(Cost { flops, bytes_hbm: 2 * cache + 2 * qo, peak_dtype: None })
+    }
+
+    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+        library::standalone(self, chip, args)
     }
 
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {

@@ -30,11 +30,14 @@
 //! so that a buffer's next writer is always emitted after its last reader.
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{ActFn, AluOp, Engine};
+use trainyard_isa::{ActFn, AluOp, Engine, TensorKind};
 
-use super::{attend_row, check_head_dim, kernel_err, kv_heads, scalar_copy, softmax_scale, FLOAT_DTYPES};
-use crate::library::{Built, HostTensors, Kernel, KernelArgs};
-use crate::{BuildError, HbmTensor, KernelBuilder, Stage, Tile};
+use super::{
+    attend_row, bound, check_args, check_head_dim, kernel_err, kv_heads, on_cores, scalar_copy, softmax_scale,
+    with_arena, Arena, FLOAT_DTYPES,
+};
+use crate::library::{self, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig};
+use crate::{BuildError, HbmTensor, KernelBuilder, Stage, View};
 
 use plan::{schedule, Plan, Row, Task};
 
@@ -82,6 +85,7 @@ struct Problem {
 
 impl Problem {
     fn parse(chip: &ChipSpec, args: &KernelArgs) -> Result<Problem, BuildError> {
+        check_args(&FlashAttention, args)?;
         let [b, h, s, d] = args.dims::<4>(NAME, "B,H,S,D")?;
         check_head_dim(NAME, chip, d)?;
         let kvh = kv_heads(NAME, args, h)?;
@@ -118,27 +122,27 @@ impl Problem {
     }
 }
 
-/// Everything one core allocates.
+/// Everything one core allocates (views of tiles its [`Arena`] owns).
 struct Bufs {
-    s: Vec<Tile>,
-    ptp: Vec<Tile>,
-    ob: Vec<Tile>,
-    prep: Vec<Tile>,
-    kt: Vec<Tile>,
-    vp: Vec<Tile>,
-    kn: Vec<Tile>,
-    qs: Vec<Tile>,
-    qt: Vec<Tile>,
-    p: Vec<Tile>,
-    pts: Vec<Tile>,
-    nbm: Vec<Tile>,
-    nbm_min: Vec<Tile>,
-    nb: Vec<Tile>,
-    alpha: Vec<Tile>,
-    oacc: Vec<Tile>,
-    out: Vec<Tile>,
-    ident: Option<Tile>,
-    mask: Option<Tile>,
+    s: Vec<View>,
+    ptp: Vec<View>,
+    ob: Vec<View>,
+    prep: Vec<View>,
+    kt: Vec<View>,
+    vp: Vec<View>,
+    kn: Vec<View>,
+    qs: Vec<View>,
+    qt: Vec<View>,
+    p: Vec<View>,
+    pts: Vec<View>,
+    nbm: Vec<View>,
+    nbm_min: Vec<View>,
+    nb: Vec<View>,
+    alpha: Vec<View>,
+    oacc: Vec<View>,
+    out: Vec<View>,
+    ident: Option<View>,
+    mask: Option<View>,
 }
 
 /// Ring sizes (see the lifetime argument in each use).
@@ -154,42 +158,38 @@ const N_ROW: usize = 3;
 const N_KN: usize = 16;
 const N_PREP: usize = 3;
 
-fn tiles(kb: &mut KernelBuilder, n: usize, shape: &[usize], dtype: DType, psum: bool) -> Result<Vec<Tile>, BuildError> {
-    (0..n).map(|_| if psum { kb.psum_tile(shape, dtype) } else { kb.sbuf_tile(shape, dtype) }).collect()
-}
-
 impl Bufs {
-    fn new(kb: &mut KernelBuilder, p: &Problem) -> Result<Bufs, BuildError> {
+    fn new(kb: &mut KernelBuilder, arena: &mut Arena, p: &Problem) -> Result<Bufs, BuildError> {
         let (dt, d, kbk) = (p.dtype, p.d, p.kb());
         let half = kbk / KS / 2;
-        let s = tiles(kb, N_S, &[QB, kbk], DType::F32, true)?;
-        let ptp = tiles(kb, 2, &[KS, half, QB], dt, true)?;
-        let ob = tiles(kb, N_OB, &[QB, d + 1], DType::F32, true)?;
+        let s = arena.ring(kb, N_S, &[QB, kbk], DType::F32, true)?;
+        let ptp = arena.ring(kb, 2, &[KS, half, QB], dt, true)?;
+        let ob = arena.ring(kb, N_OB, &[QB, d + 1], DType::F32, true)?;
         // Kᵀ and Qᵀ transposes: a ring of 128×128 buffers in what PSUM has left.
         let mut prep = Vec::new();
         while prep.len() < N_PREP {
-            match kb.psum_tile(&[KS, QB], dt) {
+            match arena.psum(kb, &[KS, QB], dt) {
                 Ok(t) => prep.push(t),
                 Err(_) if !prep.is_empty() => break,
                 Err(e) => return Err(e),
             }
         }
-        let kn = tiles(kb, N_KN, &[KS, d], dt, false)?;
-        let qs = tiles(kb, N_QS, &[QB, d], dt, false)?;
-        let qt = tiles(kb, N_QT, &[d, QB], dt, false)?;
-        let pt = tiles(kb, N_P, &[QB, kbk], dt, false)?;
-        let pts = tiles(kb, N_PTS, &[KS, kbk / KS, QB], dt, false)?;
-        let nbm = tiles(kb, N_NB, &[QB, kbk / MM_N], DType::Bf16, false)?;
-        let nbm_min = tiles(kb, N_NB, &[QB, 1], DType::Bf16, false)?;
-        let nb = tiles(kb, N_NB, &[QB, 1], DType::F32, false)?;
-        let alpha = tiles(kb, N_ALPHA, &[QB, 1], DType::F32, false)?;
-        let oacc = tiles(kb, N_ROW, &[QB, d + 1], DType::F32, false)?;
-        let out = tiles(kb, N_ROW, &[QB, d], dt, false)?;
+        let kn = arena.ring(kb, N_KN, &[KS, d], dt, false)?;
+        let qs = arena.ring(kb, N_QS, &[QB, d], dt, false)?;
+        let qt = arena.ring(kb, N_QT, &[d, QB], dt, false)?;
+        let pt = arena.ring(kb, N_P, &[QB, kbk], dt, false)?;
+        let pts = arena.ring(kb, N_PTS, &[KS, kbk / KS, QB], dt, false)?;
+        let nbm = arena.ring(kb, N_NB, &[QB, kbk / MM_N], DType::Bf16, false)?;
+        let nbm_min = arena.ring(kb, N_NB, &[QB, 1], DType::Bf16, false)?;
+        let nb = arena.ring(kb, N_NB, &[QB, 1], DType::F32, false)?;
+        let alpha = arena.ring(kb, N_ALPHA, &[QB, 1], DType::F32, false)?;
+        let oacc = arena.ring(kb, N_ROW, &[QB, d + 1], DType::F32, false)?;
+        let out = arena.ring(kb, N_ROW, &[QB, d], dt, false)?;
         // bf16 holds -1e30 (f16 would make it -inf, and 0·inf in the matmul NaN);
         // f32 inputs pair only with f32 (HW-ISA-MATMUL-DT).
         let mdt = if dt == DType::F32 { DType::F32 } else { DType::Bf16 };
         let (ident, mask) = if p.causal {
-            (Some(kb.sbuf_tile(&[QB, QB], mdt)?), Some(kb.sbuf_tile(&[QB, QB], mdt)?))
+            (Some(arena.sbuf(kb, &[QB, QB], mdt)?), Some(arena.sbuf(kb, &[QB, QB], mdt)?))
         } else {
             (None, None)
         };
@@ -204,8 +204,8 @@ impl Bufs {
                 format!("S={} does not fit: Kᵀ and [V | 1] of one head need {need} bytes per partition", p.s),
             ));
         }
-        let kt = tiles(kb, head_bufs, &[d, p.s], dt, false)?;
-        let vp = tiles(kb, head_bufs, &[KS, p.nkb(), d + 1], dt, false)?;
+        let kt = arena.ring(kb, head_bufs, &[d, p.s], dt, false)?;
+        let vp = arena.ring(kb, head_bufs, &[KS, p.nkb(), d + 1], dt, false)?;
         let bufs =
             Bufs { s, ptp, ob, prep, kt, vp, kn, qs, qt, p: pt, pts, nbm, nbm_min, nb, alpha, oacc, out, ident, mask };
         Ok(bufs)
@@ -237,11 +237,11 @@ impl Ctx<'_> {
     }
 
     /// The last prep buffer is Qᵀ's (when there are two or more), the rest rotate over Kᵀ chunks.
-    fn q_prep_buf(&self) -> &Tile {
+    fn q_prep_buf(&self) -> &View {
         &self.bufs.prep[self.bufs.prep.len() - 1]
     }
 
-    fn k_prep_buf(&self, u: usize) -> &Tile {
+    fn k_prep_buf(&self, u: usize) -> &View {
         let n = self.bufs.prep.len();
         &self.bufs.prep[u % (n - 1).max(1)]
     }
@@ -577,27 +577,44 @@ impl Kernel for FlashAttention {
         vec![1, 2, 256, 64]
     }
 
-    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+    fn signature(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
         let p = Problem::parse(chip, args)?;
-        let mut kb = KernelBuilder::new(NAME, chip);
-        let q = kb.hbm_input("q", &[p.b, p.h, p.s, p.d], p.dtype)?;
-        let k = kb.hbm_input("k", &[p.b, p.kvh, p.s, p.d], p.dtype)?;
-        let v = kb.hbm_input("v", &[p.b, p.kvh, p.s, p.d], p.dtype)?;
-        let o = kb.hbm_output("o", &[p.b, p.h, p.s, p.d], p.dtype)?;
+        let sig = |name: &str, kind, heads| TensorSig {
+            name: name.to_string(),
+            kind,
+            shape: vec![p.b, heads, p.s, p.d],
+            dtype: p.dtype,
+        };
+        Ok(vec![
+            sig("q", TensorKind::Input, p.h),
+            sig("k", TensorKind::Input, p.kvh),
+            sig("v", TensorKind::Input, p.kvh),
+            sig("o", TensorKind::Output, p.h),
+        ])
+    }
+
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        library::check_bindings(self, kb.chip(), args, io)?;
+        let p = Problem::parse(kb.chip(), args)?;
+        let [q, k, v, o] = ["q", "k", "v", "o"].map(|name| bound(NAME, io, name));
+        let (q, k, v, o) = (q?, k?, v?, o?);
         let total_rows = p.b * p.h * p.s.div_ceil(QB);
         let cores = (args.cores as usize).min(total_rows).max(1);
-        for c in 0..cores {
-            kb.core(c as u16)?;
-            let bufs = Bufs::new(&mut kb, &p)?;
-            let range = c * total_rows / cores..(c + 1) * total_rows / cores;
-            let mut plan = Plan::new(&p, range);
-            plan.schedule_chunks(bufs.kt.len());
-            let ctx = Ctx { p: &p, q: &q, k: &k, v: &v, o: &o, plan: &plan, bufs: &bufs };
-            for task in schedule(&plan, bufs.kt.len()) {
-                ctx.emit(&mut kb, task)?;
-            }
-        }
-        Ok(Built { program: kb.finish()?, flops: p.flops(), bytes_hbm: p.bytes(), peak_dtype: Some(p.dtype) })
+        on_cores(kb, cores, |kb, c| {
+            with_arena(kb, |kb, arena| {
+                let bufs = Bufs::new(kb, arena, &p)?;
+                let range = c * total_rows / cores..(c + 1) * total_rows / cores;
+                let mut plan = Plan::new(&p, range);
+                plan.schedule_chunks(bufs.kt.len());
+                let ctx = Ctx { p: &p, q, k, v, o, plan: &plan, bufs: &bufs };
+                schedule(&plan, bufs.kt.len()).into_iter().try_for_each(|task| ctx.emit(kb, task))
+            })
+        })?;
+        Ok(Cost { flops: p.flops(), bytes_hbm: p.bytes(), peak_dtype: Some(p.dtype) })
+    }
+
+    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+        library::standalone(self, chip, args)
     }
 
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {

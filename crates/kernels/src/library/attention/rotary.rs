@@ -17,11 +17,11 @@
 //! of magnitude ≲ 1.
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{AluOp, Engine};
+use trainyard_isa::{AluOp, Engine, TensorKind};
 
-use super::{kernel_err, FLOAT_DTYPES};
-use crate::library::{Built, HostTensors, Kernel, KernelArgs};
-use crate::{BuildError, KernelBuilder, Tile, View};
+use super::{bound, check_args, kernel_err, on_cores, with_arena, FLOAT_DTYPES};
+use crate::library::{self, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig};
+use crate::{BuildError, KernelBuilder, View};
 
 const NAME: &str = "rotary";
 
@@ -59,6 +59,16 @@ impl Rotary {
     }
 }
 
+/// The shape `[T, H, D]`, checked (D even).
+fn parse(args: &KernelArgs) -> Result<[usize; 3], BuildError> {
+    check_args(&Rotary, args)?;
+    let [t, h, d] = args.dims::<3>(NAME, "T,H,D")?;
+    if d % 2 != 0 {
+        return Err(kernel_err(NAME, format!("head dim D={d} must be even")));
+    }
+    Ok([t, h, d])
+}
+
 /// `dst = a op b` over the heads `h` of `[tp, hn, half]` views.
 fn tt(kb: &mut KernelBuilder, engine: Engine, op: AluOp, dst: &View, a: &View, b: &View) -> Result<(), BuildError> {
     kb.tensor_tensor(engine, op, dst, a, b).map(|_| ())
@@ -84,22 +94,29 @@ impl Kernel for Rotary {
         vec![512, 8, 64]
     }
 
-    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
-        let [t, h, d] = args.dims::<3>(NAME, "T,H,D")?;
-        if d % 2 != 0 {
-            return Err(kernel_err(NAME, format!("head dim D={d} must be even")));
-        }
+    fn signature(&self, _chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        let [t, h, d] = parse(args)?;
+        let sig =
+            |name: &str, kind, shape: Vec<usize>| TensorSig { name: name.to_string(), kind, shape, dtype: args.dtype };
+        Ok(vec![
+            sig("x", TensorKind::Input, vec![t, h, d]),
+            sig("cos", TensorKind::Input, vec![t, d / 2]),
+            sig("sin", TensorKind::Input, vec![t, d / 2]),
+            sig("y", TensorKind::Output, vec![t, h, d]),
+        ])
+    }
+
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        library::check_bindings(self, kb.chip(), args, io)?;
+        let [t, h, d] = parse(args)?;
         let (dt, half) = (args.dtype, d / 2);
-        let mut kb = KernelBuilder::new(NAME, chip);
-        let x = kb.hbm_input("x", &[t, h, d], dt)?;
-        let cos = kb.hbm_input("cos", &[t, half], dt)?;
-        let sin = kb.hbm_input("sin", &[t, half], dt)?;
-        let y = kb.hbm_output("y", &[t, h, d], dt)?;
+        let [x, cos, sin, y] = ["x", "cos", "sin", "y"].map(|name| bound(NAME, io, name));
+        let (x, cos, sin, y) = (x?, cos?, sin?, y?);
+        let chip = kb.chip().clone();
         let hc = (CHUNK_ELEMS / d).clamp(1, h);
         let tiles = t.div_ceil(TP);
         let cores = (args.cores as usize).min(tiles).max(1);
-        for c in 0..cores {
-            kb.core(c as u16)?;
+        on_cores(kb, cores, |kb, c| {
             let mut pieces = Vec::new();
             for ti in c * tiles / cores..(c + 1) * tiles / cores {
                 let (t0, tp) = (ti * TP, TP.min(t - ti * TP));
@@ -107,53 +124,60 @@ impl Kernel for Rotary {
                     pieces.push(Piece { t0, tp, h0, hn: hc.min(h - h0), first: h0 == 0 });
                 }
             }
-            let ring = |kb: &mut KernelBuilder, shape: &[usize]| -> Result<Vec<Tile>, BuildError> {
-                (0..BUFS).map(|_| kb.sbuf_tile(shape, dt)).collect()
-            };
-            let xs = ring(&mut kb, &[TP, hc, d])?;
-            let ys = ring(&mut kb, &[TP, hc, d])?;
-            let tmps: Vec<Vec<Tile>> = (0..4).map(|_| ring(&mut kb, &[TP, hc, half])).collect::<Result<_, _>>()?;
-            let coss = ring(&mut kb, &[TP, half])?;
-            let sins = ring(&mut kb, &[TP, half])?;
-            let mut tile_no = 0usize;
-            for (i, pc) in pieces.iter().enumerate() {
-                if pc.first && i > 0 {
-                    tile_no += 1;
-                }
-                let (xt, yt) = (&xs[i % BUFS], &ys[i % BUFS]);
-                let (ct, st) = (&coss[tile_no % BUFS], &sins[tile_no % BUFS]);
-                let rows = pc.t0..pc.t0 + pc.tp;
-                let heads = pc.h0..pc.h0 + pc.hn;
-                kb.dma_on(0, xt.part(0..pc.tp).slice(1, 0..pc.hn), x.rows(rows.clone()).slice(1, heads.clone()))?;
-                if pc.first {
-                    kb.dma_on(1, ct.part(0..pc.tp), cos.rows(rows.clone()))?;
-                    kb.dma_on(1, st.part(0..pc.tp), sin.rows(rows.clone()))?;
-                }
-                let nv = Self::vector_heads(chip, dt, d, pc.hn);
-                for (engine, hr) in [(Engine::Vector, 0..nv), (Engine::GpSimd, nv..pc.hn)] {
-                    let n = hr.len();
-                    if n == 0 {
-                        continue;
+            with_arena(kb, |kb, arena| {
+                let mut ring = |kb: &mut KernelBuilder, shape: &[usize]| arena.ring(kb, BUFS, shape, dt, false);
+                let xs = ring(kb, &[TP, hc, d])?;
+                let ys = ring(kb, &[TP, hc, d])?;
+                let tmps: Vec<Vec<View>> = (0..4).map(|_| ring(kb, &[TP, hc, half])).collect::<Result<_, _>>()?;
+                let coss = ring(kb, &[TP, half])?;
+                let sins = ring(kb, &[TP, half])?;
+                let mut tile_no = 0usize;
+                for (i, pc) in pieces.iter().enumerate() {
+                    if pc.first && i > 0 {
+                        tile_no += 1;
                     }
-                    let hv =
-                        |v: &Tile, cols: std::ops::Range<usize>| v.part(0..pc.tp).slice(1, hr.clone()).slice(2, cols);
-                    let (x1, x2) = (hv(xt, 0..half), hv(xt, half..d));
-                    let (y1, y2) = (hv(yt, 0..half), hv(yt, half..d));
-                    let tm: Vec<View> = tmps.iter().map(|r| hv(&r[i % BUFS], 0..half)).collect();
-                    let bc = |v: &Tile| v.part(0..pc.tp).reshape_free(&[1, half]).broadcast(1, n);
-                    let (cb, sb) = (bc(ct), bc(st));
-                    tt(&mut kb, engine, AluOp::Mul, &tm[0], &x1, &cb)?;
-                    tt(&mut kb, engine, AluOp::Mul, &tm[1], &x2, &cb)?;
-                    tt(&mut kb, engine, AluOp::Mul, &tm[2], &x2, &sb)?;
-                    tt(&mut kb, engine, AluOp::Mul, &tm[3], &x1, &sb)?;
-                    tt(&mut kb, engine, AluOp::Sub, &y1, &tm[0], &tm[2])?;
-                    tt(&mut kb, engine, AluOp::Add, &y2, &tm[1], &tm[3])?;
+                    let (xt, yt) = (&xs[i % BUFS], &ys[i % BUFS]);
+                    let (ct, st) = (&coss[tile_no % BUFS], &sins[tile_no % BUFS]);
+                    let rows = pc.t0..pc.t0 + pc.tp;
+                    let heads = pc.h0..pc.h0 + pc.hn;
+                    let src = x.rows(rows.clone()).slice(1, heads.clone());
+                    kb.dma_on(0, xt.part(0..pc.tp).slice(1, 0..pc.hn), src)?;
+                    if pc.first {
+                        kb.dma_on(1, ct.part(0..pc.tp), cos.rows(rows.clone()))?;
+                        kb.dma_on(1, st.part(0..pc.tp), sin.rows(rows.clone()))?;
+                    }
+                    let nv = Self::vector_heads(&chip, dt, d, pc.hn);
+                    for (engine, hr) in [(Engine::Vector, 0..nv), (Engine::GpSimd, nv..pc.hn)] {
+                        let n = hr.len();
+                        if n == 0 {
+                            continue;
+                        }
+                        let hv = |v: &View, cols: std::ops::Range<usize>| {
+                            v.part(0..pc.tp).slice(1, hr.clone()).slice(2, cols)
+                        };
+                        let (x1, x2) = (hv(xt, 0..half), hv(xt, half..d));
+                        let (y1, y2) = (hv(yt, 0..half), hv(yt, half..d));
+                        let tm: Vec<View> = tmps.iter().map(|r| hv(&r[i % BUFS], 0..half)).collect();
+                        let bc = |v: &View| v.part(0..pc.tp).reshape_free(&[1, half]).broadcast(1, n);
+                        let (cb, sb) = (bc(ct), bc(st));
+                        tt(kb, engine, AluOp::Mul, &tm[0], &x1, &cb)?;
+                        tt(kb, engine, AluOp::Mul, &tm[1], &x2, &cb)?;
+                        tt(kb, engine, AluOp::Mul, &tm[2], &x2, &sb)?;
+                        tt(kb, engine, AluOp::Mul, &tm[3], &x1, &sb)?;
+                        tt(kb, engine, AluOp::Sub, &y1, &tm[0], &tm[2])?;
+                        tt(kb, engine, AluOp::Add, &y2, &tm[1], &tm[3])?;
+                    }
+                    kb.dma_on(2, y.rows(rows).slice(1, heads), yt.part(0..pc.tp).slice(1, 0..pc.hn))?;
                 }
-                kb.dma_on(2, y.rows(rows).slice(1, heads), yt.part(0..pc.tp).slice(1, 0..pc.hn))?;
-            }
-        }
+                Ok(())
+            })
+        })?;
         let bytes = (2 * t * h * d + 2 * t * half) as u64 * dt.size() as u64;
-        Ok(Built { program: kb.finish()?, flops: 3 * (t * h * d) as u64, bytes_hbm: bytes, peak_dtype: None })
+        Ok(Cost { flops: 3 * (t * h * d) as u64, bytes_hbm: bytes, peak_dtype: None })
+    }
+
+    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+        library::standalone(self, chip, args)
     }
 
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {
