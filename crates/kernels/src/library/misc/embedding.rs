@@ -2,10 +2,12 @@
 
 use trainyard_arch::{ChipSpec, DType, SplitMix64};
 
-use super::{core_share, kernel_err, Queues};
+use trainyard_isa::TensorKind;
+
+use super::{bound, check_args, core_share, kernel_err, sig, Queues};
 use crate::builder::KernelBuilder;
 use crate::error::BuildError;
-use crate::library::{Built, HostTensors, Kernel, KernelArgs, Tolerance};
+use crate::library::{self, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig, Tolerance};
 
 /// Bytes per partition of one gathered tile; longer rows are gathered in
 /// column chunks of this size (each partition's chunk stays one ≥ 2 KiB
@@ -28,6 +30,15 @@ const BUFS: usize = 3;
 /// (`SimError::GatherIndex`), as on the device (`oob_mode` error).
 pub struct Embedding;
 
+/// The shape `T,V,D`, with V small enough for i32 ids.
+fn dims(args: &KernelArgs) -> Result<[usize; 3], BuildError> {
+    let [t, v, d] = args.dims::<3>("embedding", "T,V,D")?;
+    if i32::try_from(v).is_err() {
+        return Err(kernel_err("embedding", format!("V = {v} rows cannot be numbered by i32 ids")));
+    }
+    Ok([t, v, d])
+}
+
 impl Kernel for Embedding {
     fn name(&self) -> &'static str {
         "embedding"
@@ -48,22 +59,29 @@ impl Kernel for Embedding {
         vec![256, 1000, 128]
     }
 
-    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
-        let [t, v, d] = args.dims::<3>(self.name(), "T,V,D")?;
-        if i32::try_from(v).is_err() {
-            return Err(kernel_err(self.name(), format!("V = {v} rows cannot be numbered by i32 ids")));
-        }
+    fn signature(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        check_args(self, chip, args)?;
+        let [t, v, d] = dims(args)?;
+        Ok(vec![
+            sig("ids", TensorKind::Input, &[t], DType::I32),
+            sig("table", TensorKind::Input, &[v, d], args.dtype),
+            sig("y", TensorKind::Output, &[t, d], args.dtype),
+        ])
+    }
+
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        library::check_bindings(self, kb.chip(), args, io)?;
+        let [t, _, d] = dims(args)?;
         let dtype = args.dtype;
-        let mut kb = KernelBuilder::new(self.name(), chip);
-        let ids = kb.hbm_input("ids", &[t], DType::I32)?;
-        let table = kb.hbm_input("table", &[v, d], dtype)?;
-        let y = kb.hbm_output("y", &[t, d], dtype)?;
+        let name = self.name();
+        let (ids, table, y) = (bound(name, io, "ids")?, bound(name, io, "table")?, bound(name, io, "y")?);
         let ids_col = ids.reshape(&[t, 1]);
 
-        let parts = chip.core.sbuf.partitions as usize;
+        let parts = kb.chip().core.sbuf.partitions as usize;
         let chunk = (CHUNK_BYTES / dtype.size()).min(d);
         let blocks = t.div_ceil(parts);
         let cores = args.cores as usize;
+        let home = kb.current_core();
         for c in 0..cores {
             let share = core_share(blocks, cores, c);
             if share.is_empty() {
@@ -86,11 +104,12 @@ impl Kernel for Embedding {
                     kb.dma_on(stores.next(), y.rows(t0..t0 + p).cols(d0..d0 + dn), &rows)?;
                 }
             }
+            kb.free_pool(row_pool)?;
+            kb.free_pool(id_pool)?;
         }
-        let program = kb.finish()?;
+        kb.core(home)?;
         let row_bytes = (d * dtype.size()) as u64;
-        Ok(Built {
-            program,
+        Ok(Cost {
             flops: 0,
             // The ids, the T gathered rows (not the whole table) and y.
             bytes_hbm: t as u64 * (4 + 2 * row_bytes),
@@ -98,8 +117,12 @@ impl Kernel for Embedding {
         })
     }
 
+    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+        library::standalone(self, chip, args)
+    }
+
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {
-        let [t, v, d] = args.dims::<3>(self.name(), "T,V,D")?;
+        let [t, v, d] = dims(args)?;
         let missing = |n: &str| kernel_err(self.name(), format!("reference: input `{n}` missing"));
         let (_, ids) = inputs.get("ids").ok_or_else(|| missing("ids"))?;
         let (_, table) = inputs.get("table").ok_or_else(|| missing("table"))?;

@@ -4,12 +4,12 @@
 use std::ops::Range;
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{ActFn, AluOp, Engine};
+use trainyard_isa::{ActFn, AluOp, Engine, TensorKind};
 
-use super::{core_share, kernel_err, Queues};
+use super::{bound, check_args, core_share, kernel_err, sig, Queues};
 use crate::builder::{HbmTensor, KernelBuilder, TilePool};
 use crate::error::BuildError;
-use crate::library::{Built, HostTensors, Kernel, KernelArgs, Tolerance};
+use crate::library::{self, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig, Tolerance};
 use crate::view::View;
 use crate::ALIGN;
 
@@ -340,29 +340,42 @@ impl Kernel for Mlp {
         vec![256, 512, 1024]
     }
 
-    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+    fn signature(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        check_args(self, chip, args)?;
         let [t, hd, i] = dims(args)?;
         let dtype = args.dtype;
-        let d = Dims::new(chip, hd, i, dtype);
-        let mut kb = KernelBuilder::new(self.name(), chip);
+        Ok(vec![
+            sig("x", TensorKind::Input, &[t, hd], dtype),
+            sig("w_gate", TensorKind::Input, &[hd, i], dtype),
+            sig("w_up", TensorKind::Input, &[hd, i], dtype),
+            sig("w_down", TensorKind::Input, &[i, hd], dtype),
+            sig("y", TensorKind::Output, &[t, hd], dtype),
+        ])
+    }
+
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        library::check_bindings(self, kb.chip(), args, io)?;
+        let [t, hd, i] = dims(args)?;
+        let dtype = args.dtype;
+        let chip = kb.chip().clone();
+        let d = Dims::new(&chip, hd, i, dtype);
+        let name = self.name();
         let ts = Tensors {
-            x: kb.hbm_input("x", &[t, hd], dtype)?,
-            wg: kb.hbm_input("w_gate", &[hd, i], dtype)?,
-            wu: kb.hbm_input("w_up", &[hd, i], dtype)?,
-            wd: kb.hbm_input("w_down", &[i, hd], dtype)?,
-            y: kb.hbm_output("y", &[t, hd], dtype)?,
+            x: bound(name, io, "x")?.clone(),
+            wg: bound(name, io, "w_gate")?.clone(),
+            wu: bound(name, io, "w_up")?.clone(),
+            wd: bound(name, io, "w_down")?.clone(),
+            y: bound(name, io, "y")?.clone(),
         };
         let cores = args.cores as usize;
+        let home = kb.current_core();
         for c in 0..cores {
             let share = core_share(t, cores, c);
             if share.is_empty() {
                 continue;
             }
-            let pl = d.plan(chip, share.len()).ok_or_else(|| {
-                kernel_err(
-                    self.name(),
-                    format!("Hd = {hd}, I = {i} in {dtype}: xᵀ and aᵀ of even one token do not fit SBUF"),
-                )
+            let pl = d.plan(&chip, share.len()).ok_or_else(|| {
+                kernel_err(name, format!("Hd = {hd}, I = {i} in {dtype}: xᵀ and aᵀ of even one token do not fit SBUF"))
             })?;
             kb.core(c as u16)?;
             let nts = pl.tb.div_ceil(d.p);
@@ -377,19 +390,22 @@ impl Kernel for Mlp {
             let mut t0 = share.start;
             while t0 < share.end {
                 let tb = pl.tb.min(share.end - t0);
-                emit_pass(&mut kb, &d, &pl, &ts, &mut pools, &mut dma, t0, tb)?;
+                emit_pass(kb, &d, &pl, &ts, &mut pools, &mut dma, t0, tb)?;
                 t0 += tb;
             }
+            let Pools { gate, up, down, silu, yout } = pools;
+            for pool in [gate, up, down, silu, yout] {
+                kb.free_pool(pool)?;
+            }
         }
-        let program = kb.finish()?;
+        kb.core(home)?;
         let es = dtype.size() as u64;
         let (t, hd, i) = (t as u64, hd as u64, i as u64);
-        Ok(Built {
-            program,
-            flops: 2 * t * hd * i * 3,
-            bytes_hbm: (2 * t * hd + 3 * hd * i) * es,
-            peak_dtype: Some(dtype),
-        })
+        Ok(Cost { flops: 2 * t * hd * i * 3, bytes_hbm: (2 * t * hd + 3 * hd * i) * es, peak_dtype: Some(dtype) })
+    }
+
+    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+        library::standalone(self, chip, args)
     }
 
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {

@@ -26,13 +26,13 @@
 //! survives the merge.
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{AluOp, Engine};
+use trainyard_isa::{AluOp, Engine, TensorKind};
 
-use super::{core_share, kernel_err, Queues};
+use super::{bound, check_args, core_share, kernel_err, sig, Queues};
 use crate::builder::{HbmTensor, KernelBuilder, TilePool};
 use crate::error::BuildError;
 use crate::insts::Stage;
-use crate::library::{Built, HostTensors, Kernel, KernelArgs, Tolerance};
+use crate::library::{self, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig, Tolerance};
 use crate::view::View;
 
 /// Keys are `KEY_BASE − index`: every index below 2^24 keeps an exact f32 key.
@@ -106,7 +106,40 @@ fn argmax_index_dtype(args: &KernelArgs) -> Result<DType, BuildError> {
     }
 }
 
-/// Where a built kernel writes its results.
+/// What one instance computes: `k` picks per row, indices in `index`, and
+/// whether the values are an output too (`topk`) or not (`argmax`).
+#[derive(Clone, Copy, Debug)]
+struct Spec {
+    kernel: &'static str,
+    k: usize,
+    index: DType,
+    values: bool,
+}
+
+impl Spec {
+    fn argmax(args: &KernelArgs) -> Result<Spec, BuildError> {
+        Ok(Spec { kernel: "argmax", k: 1, index: argmax_index_dtype(args)?, values: false })
+    }
+
+    fn topk(args: &KernelArgs) -> Result<Spec, BuildError> {
+        Ok(Spec { kernel: "topk", k: topk_k(args)?, index: DType::U32, values: true })
+    }
+
+    /// `x`, then `idx [R]` (argmax) or `values, indices [R, k]` (topk).
+    fn signature(&self, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        let (rows, cols) = dims(self.kernel, args, self.k)?;
+        let mut sigs = vec![sig("x", TensorKind::Input, &[rows, cols], args.dtype)];
+        if self.values {
+            sigs.push(sig("values", TensorKind::Output, &[rows, self.k], args.dtype));
+            sigs.push(sig("indices", TensorKind::Output, &[rows, self.k], self.index));
+        } else {
+            sigs.push(sig("idx", TensorKind::Output, &[rows], self.index));
+        }
+        Ok(sigs)
+    }
+}
+
+/// Where an emitted kernel writes its results.
 struct Outputs {
     /// `[R, k]` values, if wanted.
     values: Option<HbmTensor>,
@@ -126,6 +159,19 @@ struct Pools {
     idx: TilePool,
     /// Candidates of chunked rows (values, keys); `None` for one-chunk rows.
     cand: Option<(TilePool, TilePool)>,
+}
+
+impl Pools {
+    fn free(self, kb: &mut KernelBuilder) -> Result<(), BuildError> {
+        let Pools { x, key, eq, t, vals, keys, idx, cand } = self;
+        let (cand_v, cand_k) = cand.unzip();
+        for pool in
+            [Some(x), key, Some(eq), Some(t), Some(vals), Some(keys), Some(idx), cand_v, cand_k].into_iter().flatten()
+        {
+            kb.free_pool(pool)?;
+        }
+        Ok(())
+    }
 }
 
 /// Per-partition constants of one core: −∞ (input dtype) and 0.0 (f32).
@@ -177,32 +223,25 @@ fn pick_top(
     Ok(())
 }
 
-/// Emits the whole kernel for `k` picks per row.
-fn build_topk(
-    kernel: &str,
-    chip: &ChipSpec,
-    args: &KernelArgs,
-    k: usize,
-    index_dtype: DType,
-) -> Result<Built, BuildError> {
+/// Emits the whole kernel over the bound tensors `io` (checked by the caller).
+fn emit_topk(kb: &mut KernelBuilder, spec: &Spec, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+    let (kernel, k, index_dtype) = (spec.kernel, spec.k, spec.index);
     let (rows, cols) = dims(kernel, args, k)?;
     let dtype = args.dtype;
-    let mut kb = KernelBuilder::new(kernel, chip);
-    let x = kb.hbm_input("x", &[rows, cols], dtype)?;
-    let out = if kernel == "argmax" {
-        let idx = kb.hbm_output("idx", &[rows], index_dtype)?;
-        Outputs { values: None, indices: idx.reshape(&[rows, 1]) }
+    let x = bound(kernel, io, "x")?;
+    let out = if spec.values {
+        let indices = bound(kernel, io, "indices")?;
+        Outputs { values: Some(bound(kernel, io, "values")?.clone()), indices: indices.view() }
     } else {
-        let values = kb.hbm_output("values", &[rows, k], dtype)?;
-        let indices = kb.hbm_output("indices", &[rows, k], index_dtype)?;
-        Outputs { values: Some(values), indices: indices.view() }
+        Outputs { values: None, indices: bound(kernel, io, "idx")?.reshape(&[rows, 1]) }
     };
 
-    let parts = chip.core.sbuf.partitions as usize;
+    let parts = kb.chip().core.sbuf.partitions as usize;
     let chunk = cols.min(CHUNK);
     let chunks = cols.div_ceil(chunk);
     let blocks = rows.div_ceil(parts);
     let cores = args.cores as usize;
+    let home = kb.current_core();
     for core in 0..cores {
         let share = core_share(blocks, cores, core);
         if share.is_empty() {
@@ -263,7 +302,7 @@ fn build_topk(
                         }
                         (None, None) => return Err(kernel_err(kernel, "internal: no key row".into())),
                     };
-                    pick_top(&mut kb, e, &xt, &key, &scratch, &consts, k, &vals, &keys)?;
+                    pick_top(kb, e, &xt, &key, &scratch, &consts, k, &vals, &keys)?;
                 }
                 (Some((cand_v, cand_k)), Some(key_pool)) => {
                     let (cand_v, cand_k) = (cand_v.next().part(0..p), cand_k.next().part(0..p));
@@ -276,11 +315,11 @@ fn build_topk(
                         kb.iota(&key, (KEY_BASE - c0 as i64) as i32, 0, &[-1])?;
                         let kk = k.min(n);
                         let (cv, ck) = (cand_v.cols(ncand..ncand + kk), cand_k.cols(ncand..ncand + kk));
-                        pick_top(&mut kb, e, &xt, &key, &scratch, &consts, kk, &cv, &ck)?;
+                        pick_top(kb, e, &xt, &key, &scratch, &consts, kk, &cv, &ck)?;
                         ncand += kk;
                     }
                     let (cv, ck) = (cand_v.cols(0..ncand), cand_k.cols(0..ncand));
-                    pick_top(&mut kb, e, &cv, &ck, &scratch, &consts, k, &vals, &keys)?;
+                    pick_top(kb, e, &cv, &ck, &scratch, &consts, k, &vals, &keys)?;
                 }
                 (Some(_), None) => return Err(kernel_err(kernel, "internal: chunked rows without key rows".into())),
             }
@@ -298,13 +337,16 @@ fn build_topk(
                 kb.dma_on(stores.next(), values.rows(r0..r0 + p), &vals)?;
             }
         }
+        pools.free(kb)?;
+        for t in [Some(neg_inf), Some(zero), const_key].into_iter().flatten() {
+            kb.free(t)?;
+        }
     }
-    let program = kb.finish()?;
+    kb.core(home)?;
     let n = (rows * cols) as u64;
     let out_bytes =
         (rows * k) as u64 * (index_dtype.size() + if out.values.is_some() { dtype.size() } else { 0 }) as u64;
-    Ok(Built {
-        program,
+    Ok(Cost {
         // Per pick: the max, the compare, the key product and its max.
         flops: 4 * k as u64 * n,
         bytes_hbm: n * dtype.size() as u64 + out_bytes,
@@ -358,8 +400,16 @@ impl Kernel for Argmax {
     fn default_shape(&self) -> Vec<usize> {
         vec![130, 1000]
     }
+    fn signature(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        check_args(self, chip, args)?;
+        Spec::argmax(args)?.signature(args)
+    }
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        library::check_bindings(self, kb.chip(), args, io)?;
+        emit_topk(kb, &Spec::argmax(args)?, args, io)
+    }
     fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
-        build_topk(self.name(), chip, args, 1, argmax_index_dtype(args)?)
+        library::standalone(self, chip, args)
     }
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {
         let (rows, cols) = dims(self.name(), args, 1)?;
@@ -392,8 +442,16 @@ impl Kernel for TopK {
     fn default_shape(&self) -> Vec<usize> {
         vec![130, 1000]
     }
+    fn signature(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        check_args(self, chip, args)?;
+        Spec::topk(args)?.signature(args)
+    }
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        library::check_bindings(self, kb.chip(), args, io)?;
+        emit_topk(kb, &Spec::topk(args)?, args, io)
+    }
     fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
-        build_topk(self.name(), chip, args, topk_k(args)?, DType::U32)
+        library::standalone(self, chip, args)
     }
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {
         let k = topk_k(args)?;
