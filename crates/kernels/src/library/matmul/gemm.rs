@@ -1,9 +1,10 @@
 //! `matmul`: `c = scale · (a · b) + bias`, FP32 accumulation in PSUM.
 
 use trainyard_arch::{ChipSpec, DType};
+use trainyard_isa::TensorKind;
 
-use super::tile_bytes;
-use crate::library::{Built, HostTensors, Kernel, KernelArgs, Tolerance};
+use super::{bound, check_args, sig, tile_bytes};
+use crate::library::{self, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig, Tolerance};
 use crate::{BuildError, KernelBuilder};
 
 mod emit;
@@ -496,33 +497,52 @@ impl Kernel for MatMul {
         vec![512, 512, 512]
     }
 
-    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+    fn signature(&self, _chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        let g = Gemm::parse(args)?;
+        let mut sigs =
+            vec![sig("a", TensorKind::Input, g.a_shape(), g.dtype), sig("b", TensorKind::Input, g.b_shape(), g.dtype)];
+        if let Some(d) = g.bias {
+            sigs.push(sig("bias", TensorKind::Input, vec![g.n], d));
+        }
+        sigs.push(sig("c", TensorKind::Output, g.c_shape(), g.out));
+        Ok(sigs)
+    }
+
+    /// Every pool, the Aᵀ ring included, is freed when a core's stream ends
+    /// (or fails: a caller may free memory and try again); the builder's
+    /// current core is restored.
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        let chip = kb.chip().clone();
+        check_args(self, &chip, args)?;
+        library::check_bindings(self, &chip, args, io)?;
         let g = Gemm::parse(args)?;
         let cores = args.cores.max(1) as usize;
-        let p = Plan::new(chip, &g, cores)?;
-        let mut kb = KernelBuilder::new(NAME, chip);
+        let p = Plan::new(&chip, &g, cores)?;
         let t = Tensors {
-            a: kb.hbm_input("a", &g.a_shape(), g.dtype)?,
-            b: kb.hbm_input("b", &g.b_shape(), g.dtype)?,
-            bias: g.bias.map(|d| kb.hbm_input("bias", &[g.n], d)).transpose()?,
-            c: kb.hbm_output("c", &g.c_shape(), g.out)?,
+            a: bound(NAME, io, "a")?.clone(),
+            b: bound(NAME, io, "b")?.clone(),
+            bias: g.bias.map(|_| bound(NAME, io, "bias").cloned()).transpose()?,
+            c: bound(NAME, io, "c")?.clone(),
         };
-        for (core, blocks) in blocks(&g, &p, cores).iter().enumerate() {
-            if blocks.is_empty() {
-                continue;
-            }
+        let home = kb.current_core();
+        let done = blocks(&g, &p, cores).iter().enumerate().filter(|(_, b)| !b.is_empty()).try_for_each(|(core, b)| {
             kb.core(core as u16)?;
-            Emitter::new(&mut kb, &g, &p, &t, blocks)?.run()?;
-        }
+            Emitter::new(kb, &g, &p, &t, b)?.run()
+        });
+        kb.core(home)?;
+        done?;
         let (b, m, k, n) = (g.batch as u64, g.m as u64, g.k as u64, g.n as u64);
         let ds = g.dtype.size() as u64;
         let bias_bytes = g.bias.map_or(0, |d| n * d.size() as u64);
-        Ok(Built {
-            program: kb.finish()?,
+        Ok(Cost {
             flops: 2 * b * m * k * n,
             bytes_hbm: b * (m * k + k * n) * ds + b * m * n * g.out.size() as u64 + bias_bytes,
             peak_dtype: Some(g.dtype),
         })
+    }
+
+    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+        library::standalone(self, chip, args)
     }
 
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {

@@ -1,10 +1,10 @@
 //! `transpose`: `y = x` with its axes permuted.
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::Engine;
+use trainyard_isa::{Engine, TensorKind};
 
-use super::{Balancer, Queues};
-use crate::library::{Built, HostTensors, Kernel, KernelArgs, Tolerance};
+use super::{bound, check_args, sig, Balancer, Queues};
+use crate::library::{self, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig, Tolerance};
 use crate::{BuildError, KernelBuilder, TilePool, View};
 
 const NAME: &str = "transpose";
@@ -177,15 +177,31 @@ impl Blocks {
     fn new(kb: &mut KernelBuilder, dtype: DType) -> Result<Blocks, BuildError> {
         let chip = kb.chip().clone();
         let g = Geometry::new(&chip, dtype);
+        let loads = kb.sbuf_pool(&[g.tp, g.cols], dtype, 2 * g.rows / g.tp)?;
+        // A failed allocation gives back the pools before it.
+        let outs = match kb.sbuf_pool(&[g.tp, g.rows], dtype, 3) {
+            Ok(p) => p,
+            Err(e) => return kb.free_pool(loads).and(Err(e)),
+        };
+        let psum = match kb.psum_pool(&[g.tp, g.per_bank * g.tp], dtype, 2) {
+            Ok(p) => p,
+            Err(e) => return kb.free_pool(loads).and(kb.free_pool(outs)).and(Err(e)),
+        };
         Ok(Blocks {
             g,
-            loads: kb.sbuf_pool(&[g.tp, g.cols], dtype, 2 * g.rows / g.tp)?,
-            outs: kb.sbuf_pool(&[g.tp, g.rows], dtype, 3)?,
-            psum: kb.psum_pool(&[g.tp, g.per_bank * g.tp], dtype, 2)?,
+            loads,
+            outs,
+            psum,
             ql: Queues::new(&chip, LOAD_QUEUES),
             qs: Queues::new(&chip, STORE_QUEUES),
             bal: Balancer::new(&chip),
         })
+    }
+
+    /// Frees the core's tiles (also after a failed unit), so that another
+    /// kernel can follow.
+    fn release(self, kb: &mut KernelBuilder) -> Result<(), BuildError> {
+        [self.loads, self.outs, self.psum].into_iter().try_for_each(|pool| kb.free_pool(pool))
     }
 
     /// `y2[c, r] = x2[r, c]` for the columns and rows of x2 that one unit
@@ -256,9 +272,11 @@ fn emit_blocks(kb: &mut KernelBuilder, p: &Perm, x: &View, y: &View, cores: usiz
         }
         kb.core(c as u16)?;
         let mut blocks = Blocks::new(kb, x.dtype())?;
-        for (idx, u) in &units[mine] {
-            blocks.unit(kb, &at_all(xv.clone(), idx), &at_all(yv.clone(), idx), *u)?;
-        }
+        let done = units[mine]
+            .iter()
+            .try_for_each(|(idx, u)| blocks.unit(kb, &at_all(xv.clone(), idx), &at_all(yv.clone(), idx), *u));
+        let freed = blocks.release(kb);
+        done.and(freed)?;
     }
     Ok(())
 }
@@ -288,23 +306,42 @@ impl Kernel for Transpose {
         vec![1024, 1024]
     }
 
-    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+    fn signature(&self, _chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        let p = Perm::parse(args)?;
+        Ok(vec![
+            sig("x", TensorKind::Input, p.shape.clone(), args.dtype),
+            sig("y", TensorKind::Output, p.out_shape(), args.dtype),
+        ])
+    }
+
+    /// The Tensor-engine path frees its tiles when a core's blocks are done
+    /// or fail (the DMA-only path allocates none); the builder's current core
+    /// is restored.
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        let chip = kb.chip().clone();
+        check_args(self, &chip, args)?;
+        library::check_bindings(self, &chip, args, io)?;
         let p = Perm::parse(args)?;
         let cores = args.cores.max(1) as usize;
-        let mut kb = KernelBuilder::new(NAME, chip);
-        let x = kb.hbm_input("x", &p.shape, args.dtype)?;
-        let y = kb.hbm_output("y", &p.out_shape(), args.dtype)?;
+        let (x, y) = (bound(NAME, io, "x")?, bound(NAME, io, "y")?);
         let n = p.perm.len();
+        let home = kb.current_core();
         // Tiny 2-D blocks: a descriptor per element (~0.75 ns per element over
         // 16 DMA engines) beats ≥ 4 instructions per block.
         let tiny = p.shape[p.perm[n - 1]] * p.shape[n - 1] <= TINY_BLOCK;
-        if p.perm[n - 1] == n - 1 || tiny {
-            emit_copy(&mut kb, &x.permute(&p.perm), &y.view(), cores)?;
+        let done = if p.perm[n - 1] == n - 1 || tiny {
+            emit_copy(kb, &x.permute(&p.perm), &y.view(), cores)
         } else {
-            emit_blocks(&mut kb, &p, &x.view(), &y.view(), cores)?;
-        }
+            emit_blocks(kb, &p, &x.view(), &y.view(), cores)
+        };
+        kb.core(home)?;
+        done?;
         let bytes = p.shape.iter().product::<usize>() as u64 * args.dtype.size() as u64;
-        Ok(Built { program: kb.finish()?, flops: 0, bytes_hbm: 2 * bytes, peak_dtype: None })
+        Ok(Cost { flops: 0, bytes_hbm: 2 * bytes, peak_dtype: None })
+    }
+
+    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+        library::standalone(self, chip, args)
     }
 
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {

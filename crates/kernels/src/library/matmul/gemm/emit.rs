@@ -12,7 +12,7 @@ use super::{
     err, tr_free, Block, Gemm, Plan, Schedule, A_QUEUES, BIAS_QUEUES, BT_BUFS, B_BUFS, B_QUEUES, C_QUEUES, RAW_A_AHEAD,
     RAW_B_BUFS, TR_BUFS,
 };
-use crate::{BuildError, HbmTensor, KernelBuilder, TilePool, View};
+use crate::{BuildError, HbmTensor, KernelBuilder, Tile, TilePool, View};
 
 /// The HBM tensors of the kernel.
 pub(super) struct Tensors {
@@ -31,6 +31,67 @@ fn batch_view(t: &HbmTensor, batched: bool, i: usize) -> View {
     }
 }
 
+/// Every tile of one core's stream. Allocated in one fixed order (PSUM
+/// transpose tiles first, so the accumulators get whole banks), and freed
+/// together when the stream ends or fails, so that the builder's memory is
+/// as the caller left it.
+#[derive(Default)]
+struct Buffers {
+    tr: Option<TilePool>,
+    acc: Option<TilePool>,
+    out: Option<TilePool>,
+    b_pool: Option<TilePool>,
+    raw_b: Option<TilePool>,
+    bt: Option<TilePool>,
+    raw_a: Option<TilePool>,
+    bias_pool: Option<TilePool>,
+    tmp: Option<TilePool>,
+    ring: Option<Tile>,
+}
+
+impl Buffers {
+    /// Allocates the buffers `g` needs; on an error, what was allocated
+    /// stays in `self` for [`Buffers::free`].
+    fn fill(&mut self, kb: &mut KernelBuilder, g: &Gemm, p: &Plan) -> Result<(), BuildError> {
+        let (kta, mta, ntw) = (p.kt.min(g.k), p.mt.min(g.m), p.nt.min(g.n));
+        let w = (p.mb * p.mt).min(g.m);
+        if !g.ta || g.tb {
+            self.tr = Some(kb.psum_pool(&[p.kt, tr_free(p.nt, p.mt)], g.dtype, TR_BUFS)?);
+        }
+        self.acc = Some(kb.psum_pool(&[mta, ntw], DType::F32, p.acc_bufs)?);
+        self.out = Some(kb.sbuf_pool(&[mta, ntw], g.out, p.out_bufs)?);
+        if g.tb {
+            let shape = [p.mt.min(g.n), ntw.div_ceil(p.mt), (p.b_group * p.kt).min(g.k)];
+            self.raw_b = Some(kb.sbuf_pool(&shape, g.dtype, RAW_B_BUFS)?);
+            self.bt = Some(kb.sbuf_pool(&[kta, ntw], g.dtype, BT_BUFS)?);
+        } else {
+            self.b_pool = Some(kb.sbuf_pool(&[kta, p.b_group, ntw], g.dtype, B_BUFS)?);
+        }
+        if !g.ta {
+            self.raw_a = Some(kb.sbuf_pool(&[mta, (p.a_group * p.kt).min(g.k)], g.dtype, (RAW_A_AHEAD + 1) * p.mb)?);
+        }
+        if let Some(d) = g.bias {
+            self.bias_pool = Some(kb.sbuf_pool(&[mta, ntw], d, 2)?);
+            if g.scale != 1.0 {
+                self.tmp = Some(kb.sbuf_pool(&[mta, ntw], DType::F32, 2)?);
+            }
+        }
+        self.ring = Some(kb.sbuf_tile(&[kta, p.ring, w], g.dtype)?);
+        Ok(())
+    }
+
+    /// Frees every buffer allocated.
+    fn free(self, kb: &mut KernelBuilder) -> Result<(), BuildError> {
+        if let Some(ring) = self.ring {
+            kb.free(ring)?;
+        }
+        [self.tr, self.acc, self.out, self.b_pool, self.raw_b, self.bt, self.raw_a, self.bias_pool, self.tmp]
+            .into_iter()
+            .flatten()
+            .try_for_each(|pool| kb.free_pool(pool))
+    }
+}
+
 /// Emits the work of one core.
 pub(super) struct Emitter<'a> {
     kb: &'a mut KernelBuilder,
@@ -44,6 +105,8 @@ pub(super) struct Emitter<'a> {
     qb: Queues,
     qc: Queues,
     qbias: Queues,
+    /// The Aᵀ ring (freed with the pools at the end) and its view.
+    ring_tile: Tile,
     ring: View,
     acc: TilePool,
     out: TilePool,
@@ -76,32 +139,27 @@ impl<'a> Emitter<'a> {
         blocks: &'a [Block],
     ) -> Result<Self, BuildError> {
         let chip = kb.chip().clone();
-        let (kta, mta, ntw) = (p.kt.min(g.k), p.mt.min(g.m), p.nt.min(g.n));
-        let w = (p.mb * p.mt).min(g.m);
-        // PSUM transpose tiles first, so the accumulators get whole banks.
-        let tr = if !g.ta || g.tb { Some(kb.psum_pool(&[p.kt, tr_free(p.nt, p.mt)], g.dtype, TR_BUFS)?) } else { None };
-        let acc = kb.psum_pool(&[mta, ntw], DType::F32, p.acc_bufs)?;
-        let out = kb.sbuf_pool(&[mta, ntw], g.out, p.out_bufs)?;
-        let (b_pool, raw_b, bt) = if g.tb {
-            let shape = [p.mt.min(g.n), ntw.div_ceil(p.mt), (p.b_group * p.kt).min(g.k)];
-            let raw = kb.sbuf_pool(&shape, g.dtype, RAW_B_BUFS)?;
-            (None, Some(raw), Some(kb.sbuf_pool(&[kta, ntw], g.dtype, BT_BUFS)?))
-        } else {
-            (Some(kb.sbuf_pool(&[kta, p.b_group, ntw], g.dtype, B_BUFS)?), None, None)
+        let mut bufs = Buffers::default();
+        if let Err(e) = bufs.fill(kb, g, p) {
+            bufs.free(kb)?;
+            return Err(e);
+        }
+        let Buffers {
+            tr,
+            acc: Some(acc),
+            out: Some(out),
+            b_pool,
+            raw_b,
+            bt,
+            raw_a,
+            bias_pool,
+            tmp,
+            ring: Some(ring_tile),
+        } = bufs
+        else {
+            return Err(err("internal: a buffer was not allocated"));
         };
-        let raw_a = if g.ta {
-            None
-        } else {
-            Some(kb.sbuf_pool(&[mta, (p.a_group * p.kt).min(g.k)], g.dtype, (RAW_A_AHEAD + 1) * p.mb)?)
-        };
-        let (bias_pool, tmp) = match g.bias {
-            Some(d) => (
-                Some(kb.sbuf_pool(&[mta, ntw], d, 2)?),
-                if g.scale != 1.0 { Some(kb.sbuf_pool(&[mta, ntw], DType::F32, 2)?) } else { None },
-            ),
-            None => (None, None),
-        };
-        let ring = kb.sbuf_tile(&[kta, p.ring, w], g.dtype)?.view();
+        let ring = ring_tile.view();
         let s = Schedule::new(g, p, blocks);
         let (na, nb) = (s.a_groups.len(), s.b_groups.len());
         Ok(Emitter {
@@ -116,6 +174,7 @@ impl<'a> Emitter<'a> {
             qb: Queues::new(&chip, B_QUEUES),
             qc: Queues::new(&chip, C_QUEUES),
             qbias: Queues::new(&chip, BIAS_QUEUES),
+            ring_tile,
             ring,
             acc,
             out,
@@ -137,7 +196,14 @@ impl<'a> Emitter<'a> {
         })
     }
 
+    /// Emits the stream, then frees every buffer (also when emission fails).
     pub fn run(mut self) -> Result<(), BuildError> {
+        let done = self.steps();
+        let freed = self.release();
+        done.and(freed)
+    }
+
+    fn steps(&mut self) -> Result<(), BuildError> {
         let (p, g) = (self.p, self.g);
         // Loads that only wait for buffers go out at once; Tensor-engine
         // transposes are paced so they interleave with the matmuls.
@@ -196,6 +262,24 @@ impl<'a> Emitter<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Frees the ring and every pool, so that another kernel can follow on
+    /// this core (the builder orders its reuse after this kernel's accesses).
+    fn release(self) -> Result<(), BuildError> {
+        let bufs = Buffers {
+            tr: self.tr,
+            acc: Some(self.acc),
+            out: Some(self.out),
+            b_pool: self.b_pool,
+            raw_b: self.raw_b,
+            bt: self.bt,
+            raw_a: self.raw_a,
+            bias_pool: self.bias_pool,
+            tmp: self.tmp,
+            ring: Some(self.ring_tile),
+        };
+        bufs.free(self.kb)
     }
 
     /// The bias chunk `[n0, n0+ns)` broadcast to every partition (an HBM
