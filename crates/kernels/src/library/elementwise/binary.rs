@@ -3,17 +3,17 @@
 use std::ops::Range;
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{AluOp, Engine};
+use trainyard_isa::{AluOp, Engine, TensorKind};
 
 use super::common::{
-    alu_op, any_shape, blocks, chunks, input, kernel_err, numel, output, partitions, per_partition, split, Block,
-    Q_AUX, Q_LOAD, Q_LOAD2, Q_STORE,
+    alu_op, any_shape, blocks, bound, check_emit, chunks, input, kernel_err, numel, output, partitions, per_partition,
+    sig, split, Allocs, Block, Q_AUX, Q_LOAD, Q_LOAD2, Q_STORE,
 };
 use super::stream::{f_max, flat_map, BUFS};
 use crate::builder::{HbmTensor, KernelBuilder};
 use crate::error::BuildError;
 use crate::insts::Stage;
-use crate::library::{Built, HostTensors, Kernel, KernelArgs};
+use crate::library::{standalone, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig};
 use crate::view::View;
 
 /// `c = a op b`, `b` broadcast to the shape of `a` (numpy rules).
@@ -248,6 +248,9 @@ impl<'a> Rows<'a> {
                     kb.dma_on(Q_STORE, self.block_view(&self.c2, &b, &c), &t)?;
                 }
             }
+            // Nothing else is allocated on this core.
+            kb.free_pool(pool)?;
+            kb.free_pool(bpool)?;
         }
         Ok(())
     }
@@ -276,6 +279,8 @@ impl<'a> Rows<'a> {
                     kb.dma_on(Q_STORE, self.block_view(&self.c2, &b, &c), &t)?;
                 }
             }
+            kb.free_pool(pool)?;
+            kb.free_pool(bpool)?;
         }
         Ok(())
     }
@@ -335,6 +340,8 @@ impl<'a> Rows<'a> {
                     kb.dma_on(Q_STORE, self.block_view(&self.c2, &b, &c), &t)?;
                 }
             }
+            kb.free_pool(pool)?;
+            kb.free_pool(bpool)?;
         }
         Ok(())
     }
@@ -359,49 +366,63 @@ impl Kernel for Binary {
     fn default_shape(&self) -> Vec<usize> {
         vec![1024, 1024]
     }
-    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+    fn signature(&self, _chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        let Args { a, b, .. } = parse(self.name(), args)?;
+        Ok(vec![
+            sig("a", TensorKind::Input, &a, args.dtype),
+            sig("b", TensorKind::Input, &b, args.dtype),
+            sig("c", TensorKind::Output, &a, args.dtype),
+        ])
+    }
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        check_emit(self, kb, args, io)?;
         let Args { op, a: ashape, b: bshape, plan } = parse(self.name(), args)?;
         let (n, nb) = (numel(self.name(), &ashape)?, numel(self.name(), &bshape)?);
+        let (a, b, c) = (bound(self.name(), io, "a")?, bound(self.name(), io, "b")?, bound(self.name(), io, "c")?);
+        let (chip, home) = (kb.chip().clone(), kb.current_core());
+        let chip = &chip;
         let dtype = args.dtype;
-        let mut kb = KernelBuilder::new(self.name(), chip);
-        let a = kb.hbm_input("a", &ashape, dtype)?;
-        let b = kb.hbm_input("b", &bshape, dtype)?;
-        let c = kb.hbm_output("c", &ashape, dtype)?;
         let engine = engine_for(op);
-        let (cores, abc) = (args.cores, (&a, &b, &c));
+        let (cores, abc) = (args.cores, (a, b, c));
         match plan {
             Plan::Same => {
-                flat_map(&mut kb, chip, cores, n, dtype, &[&a, &b], &c, &mut |kb, _, t| {
+                flat_map(kb, chip, cores, n, dtype, &[a, b], c, &mut |kb, _, t| {
                     kb.tensor_tensor(engine, op, &t[0], &t[0], &t[1])?;
                     Ok(t[0].clone())
                 })?;
             }
             Plan::Scalar => {
                 let p = partitions(chip);
+                let mut allocs = Allocs::default();
                 let mut cols = Vec::new();
                 for core in 0..split(n, cores as usize, p).len() {
                     kb.core(core as u16)?;
-                    let t = kb.sbuf_tile(&[p, 1], dtype)?;
+                    let t = allocs.sbuf(kb, &[p, 1], dtype)?;
                     kb.dma_on(Q_AUX, &t, b.view().reshape(&[1, 1]).broadcast(0, p))?;
-                    cols.push(t.view());
+                    cols.push(t);
                 }
-                flat_map(&mut kb, chip, cores, n, dtype, &[&a], &c, &mut |kb, core, t| {
+                flat_map(kb, chip, cores, n, dtype, &[a], c, &mut |kb, core, t| {
                     let t = &t[0];
                     let s = cols.get(core as usize).map(|v| v.part(0..t.shape()[0]));
                     let s = s.ok_or_else(|| kernel_err("binary", format!("no scalar tile on core {core}")))?;
                     kb.tensor_scalar(engine, t, t, Stage::new(op, s), None)?;
                     Ok(t.clone())
                 })?;
+                allocs.free(kb)?;
             }
-            Plan::Row { rows, cols } => Rows::new(chip, dtype, op, abc, rows, cols, nb).row(&mut kb, cores)?,
-            Plan::Col { rows, cols } => Rows::new(chip, dtype, op, abc, rows, cols, nb).col(&mut kb, cores)?,
+            Plan::Row { rows, cols } => Rows::new(chip, dtype, op, abc, rows, cols, nb).row(kb, cores)?,
+            Plan::Col { rows, cols } => Rows::new(chip, dtype, op, abc, rows, cols, nb).col(kb, cores)?,
             Plan::General { outer, cols, inner_same } => {
                 let rows = outer.iter().map(|d| d.0).product();
-                Rows::new(chip, dtype, op, abc, rows, cols, nb).general(&mut kb, cores, &outer, inner_same)?
+                Rows::new(chip, dtype, op, abc, rows, cols, nb).general(kb, cores, &outer, inner_same)?
             }
         }
+        kb.core(home)?;
         let bytes = (2 * n + nb) as u64 * dtype.size() as u64;
-        Ok(Built { program: kb.finish()?, flops: n as u64, bytes_hbm: bytes, peak_dtype: None })
+        Ok(Cost { flops: n as u64, bytes_hbm: bytes, peak_dtype: None })
+    }
+    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+        standalone(self, chip, args)
     }
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {
         let Args { op, a: ashape, b: bshape, .. } = parse(self.name(), args)?;

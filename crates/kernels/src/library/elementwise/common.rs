@@ -1,4 +1,5 @@
 //! Helpers shared by the `elementwise` and `norms` families: argument errors,
+//! signatures, bound tensors and the on-chip memory a kernel gives back,
 //! tiling of flat and row-major tensors into `[partitions, free]` blocks,
 //! splits over cores, host-side math, and per-engine cost estimates used to
 //! balance work between the Vector, Scalar and GpSimd engines.
@@ -6,10 +7,11 @@
 use std::ops::Range;
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{ActFn, AluOp};
+use trainyard_isa::{ActFn, AluOp, TensorKind};
 
+use crate::builder::{HbmTensor, KernelBuilder, Tile, TilePool};
 use crate::error::BuildError;
-use crate::library::{HostTensors, KernelArgs};
+use crate::library::{check_bindings, Bindings, HostTensors, Kernel, KernelArgs, TensorSig};
 use crate::view::View;
 
 /// DMA queue for the main input loads.
@@ -24,6 +26,77 @@ pub(crate) const Q_AUX: u8 = 3;
 /// A `BuildError::Kernel` for `kernel`.
 pub(crate) fn kernel_err(kernel: &str, message: impl Into<String>) -> BuildError {
     BuildError::Kernel { kernel: kernel.to_string(), message: message.into() }
+}
+
+/// A signature entry.
+pub(crate) fn sig(name: &str, kind: TensorKind, shape: &[usize], dtype: DType) -> TensorSig {
+    TensorSig { name: name.to_string(), kind, shape: shape.to_vec(), dtype }
+}
+
+/// Checks what `emit` is given before it appends anything: the options and
+/// dtype (as `library::build` does for standalone programs), the cores
+/// against the chip, and the bindings against the signature.
+pub(crate) fn check_emit(
+    kernel: &dyn Kernel,
+    kb: &KernelBuilder,
+    args: &KernelArgs,
+    io: &Bindings,
+) -> Result<(), BuildError> {
+    args.check_options(kernel)?;
+    if !kernel.dtypes().contains(&args.dtype) {
+        return Err(kernel_err(kernel.name(), format!("dtype {} is not supported", args.dtype)));
+    }
+    let cores = kb.chip().chip.cores;
+    if args.cores == 0 || args.cores as u32 > cores {
+        return Err(kernel_err(kernel.name(), format!("--cores {} is outside 1..={cores}", args.cores)));
+    }
+    check_bindings(kernel, kb.chip(), args, io)
+}
+
+/// The tensor bound to `name` (present once [`check_emit`] passed).
+pub(crate) fn bound<'a>(kernel: &str, io: &'a Bindings, name: &str) -> Result<&'a HbmTensor, BuildError> {
+    io.get(name).ok_or_else(|| kernel_err(kernel, format!("tensor `{name}` is not bound")))
+}
+
+/// The tiles and pools a kernel allocates, given back together when it
+/// ends, so that the kernel following in the builder finds SBUF and PSUM as
+/// this one found them. Freeing earlier, while the kernel still allocates on
+/// that core, would let later tiles reuse the memory and order their users
+/// behind the old ones (kernels that allocate nothing more on a core may
+/// free its pools when its part is issued).
+#[derive(Debug, Default)]
+pub(crate) struct Allocs {
+    tiles: Vec<Tile>,
+    pools: Vec<TilePool>,
+}
+
+impl Allocs {
+    /// An SBUF tile on the current core, kept until [`Allocs::free`].
+    pub fn sbuf(&mut self, kb: &mut KernelBuilder, shape: &[usize], dtype: DType) -> Result<View, BuildError> {
+        let t = kb.sbuf_tile(shape, dtype)?;
+        let v = t.view();
+        self.tiles.push(t);
+        Ok(v)
+    }
+
+    /// A PSUM tile on the current core, kept until [`Allocs::free`].
+    pub fn psum(&mut self, kb: &mut KernelBuilder, shape: &[usize], dtype: DType) -> Result<View, BuildError> {
+        let t = kb.psum_tile(shape, dtype)?;
+        let v = t.view();
+        self.tiles.push(t);
+        Ok(v)
+    }
+
+    /// Takes a pool once the kernel is done issuing from it.
+    pub fn keep_pool(&mut self, pool: TilePool) {
+        self.pools.push(pool);
+    }
+
+    /// Frees everything (tiles remember their core).
+    pub fn free(self, kb: &mut KernelBuilder) -> Result<(), BuildError> {
+        self.tiles.into_iter().try_for_each(|t| kb.free(t))?;
+        self.pools.into_iter().try_for_each(|p| kb.free_pool(p))
+    }
 }
 
 /// Partitions of the chip's SBUF (the rows of a block).

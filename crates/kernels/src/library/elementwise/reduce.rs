@@ -3,17 +3,17 @@
 use std::ops::Range;
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{ActFn, AluOp, Engine};
+use trainyard_isa::{ActFn, AluOp, Engine, TensorKind};
 
 use super::common::{
-    any_shape, blocks, chunks, input, kernel_err, numel, output, partitions, per_partition, split, Block, Q_AUX,
-    Q_LOAD, Q_STORE,
+    any_shape, blocks, bound, check_emit, chunks, input, kernel_err, numel, output, partitions, per_partition, sig,
+    split, Allocs, Block, Q_AUX, Q_LOAD, Q_STORE,
 };
 use super::stream::{f_max, BUFS};
-use crate::builder::KernelBuilder;
+use crate::builder::{HbmTensor, KernelBuilder};
 use crate::error::BuildError;
 use crate::insts::Stage;
-use crate::library::{Built, HostTensors, Kernel, KernelArgs, Tolerance};
+use crate::library::{standalone, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig, Tolerance};
 use crate::view::View;
 
 /// `y = op over axis of x` for `op` in sum, max, min, mean; `y` has `x`'s
@@ -166,6 +166,10 @@ impl Ctx<'_> {
                     }
                     kb.dma_on(Q_STORE, y2.rows(blk.range()).reshape(&[blk.parts, blk.per * b]), &dst)?;
                 }
+                // Nothing else is allocated on this core.
+                for pool in [xin, acc, out] {
+                    kb.free_pool(pool)?;
+                }
             } else {
                 // Long rows: chunks of B (as wide as K allows), then of K, combined.
                 let bc = (fmax / k).clamp(1, b);
@@ -197,6 +201,9 @@ impl Ctx<'_> {
                         kb.dma_on(Q_STORE, y2.rows(blk.range()).cols(bs), &dst)?;
                     }
                 }
+                for pool in [xin, part, acc, out] {
+                    kb.free_pool(pool)?;
+                }
             }
         }
         Ok(())
@@ -218,6 +225,7 @@ impl Ctx<'_> {
                 Op::Sum | Op::Mean => self.columns_sum(kb, x2, y, range, width, &mut xin)?,
                 Op::Max | Op::Min => self.columns_extremum(kb, x2, y, range, width, &mut xin)?,
             }
+            kb.free_pool(xin)?;
         }
         Ok(())
     }
@@ -263,7 +271,10 @@ impl Ctx<'_> {
             }
             kb.dma_on(Q_STORE, y.slice(0, cols.clone()).reshape(&[1, cols.len()]), &o)?;
         }
-        Ok(())
+        // The caller allocates nothing more on this core.
+        kb.free(ones)?;
+        kb.free_pool(ps)?;
+        kb.free_pool(out)
     }
 
     fn columns_extremum(
@@ -324,22 +335,26 @@ impl Ctx<'_> {
                 kb.dma_on(Q_STORE, y.slice(0, at..at + s.len()).reshape(&[s.len(), 1]), &o)?;
             }
         }
+        for pool in [ps, partials, out] {
+            kb.free_pool(pool)?;
+        }
         Ok(())
     }
 
-    /// A 1-D input reduced to one value.
+    /// A 1-D input reduced to one value. Core 0 allocates again after its
+    /// own partial (to combine the cores'), so everything is freed at the end.
     fn all(&self, kb: &mut KernelBuilder, x: &View, y: &View, n: usize) -> Result<(), BuildError> {
         let p = self.p();
         let fmax = f_max(self.dtype, 1);
         let ranges = split(n, self.cores as usize, p);
-        let scratch =
-            if ranges.len() > 1 { Some(kb.hbm_scratch("partials", &[ranges.len()], DType::F32)?) } else { None };
+        let scratch = if ranges.len() > 1 { Some(partials_scratch(kb, ranges.len())?) } else { None };
         let alu = self.op.alu();
+        let mut allocs = Allocs::default();
         for (core, range) in ranges.iter().enumerate() {
             kb.core(core as u16)?;
             let per = per_partition(range.len(), p, 512, fmax);
             let bl: Vec<Block> = blocks(range.clone(), p, per, true);
-            let partial = kb.sbuf_tile(&[p, bl.len()], DType::F32)?;
+            let partial = allocs.sbuf(kb, &[p, bl.len()], DType::F32)?;
             let identity = match self.op {
                 Op::Max => f64::NEG_INFINITY,
                 Op::Min => f64::INFINITY,
@@ -354,34 +369,49 @@ impl Ctx<'_> {
                 kb.dma_on(Q_LOAD, &t, x.slice(0, blk.range()).reshape(&[blk.parts, blk.per]))?;
                 kb.tensor_reduce(engine, alu, partial.part(0..blk.parts).cols(j..j + 1), &t, 1, false)?;
             }
-            let col = kb.sbuf_tile(&[p, 1], DType::F32)?;
+            allocs.keep_pool(xin);
+            let col = allocs.sbuf(kb, &[p, 1], DType::F32)?;
             kb.tensor_reduce(Engine::Vector, alu, &col, &partial, 1, false)?;
-            let row = kb.psum_tile(&[1, p], DType::F32)?;
+            let row = allocs.psum(kb, &[1, p], DType::F32)?;
             kb.transpose(Engine::Tensor, &row, &col)?;
-            let one = kb.sbuf_tile(&[1, 1], DType::F32)?;
+            let one = allocs.sbuf(kb, &[1, 1], DType::F32)?;
             kb.tensor_reduce(Engine::Vector, alu, &one, &row, 1, false)?;
             match &scratch {
                 Some(s) => {
                     kb.dma_on(Q_STORE, s.slice(0, core..core + 1).reshape(&[1, 1]), &one)?;
                 }
                 None => {
-                    let o = kb.sbuf_tile(&[1, 1], self.dtype)?;
-                    self.finish(kb, Engine::Vector, &o.view(), &one.view())?;
+                    let o = allocs.sbuf(kb, &[1, 1], self.dtype)?;
+                    self.finish(kb, Engine::Vector, &o, &one)?;
                     kb.dma_on(Q_STORE, y.reshape(&[1, 1]), &o)?;
                 }
             }
         }
         if let Some(s) = scratch {
             kb.core(0)?;
-            let all = kb.sbuf_tile(&[1, ranges.len()], DType::F32)?;
+            let all = allocs.sbuf(kb, &[1, ranges.len()], DType::F32)?;
             kb.dma_on(Q_AUX, &all, s.view().reshape(&[1, ranges.len()]))?;
-            let one = kb.sbuf_tile(&[1, 1], DType::F32)?;
+            let one = allocs.sbuf(kb, &[1, 1], DType::F32)?;
             kb.tensor_reduce(Engine::Vector, alu, &one, &all, 1, false)?;
-            let o = kb.sbuf_tile(&[1, 1], self.dtype)?;
-            self.finish(kb, Engine::Vector, &o.view(), &one.view())?;
+            let o = allocs.sbuf(kb, &[1, 1], self.dtype)?;
+            self.finish(kb, Engine::Vector, &o, &one)?;
             kb.dma_on(Q_STORE, y.reshape(&[1, 1]), &o)?;
         }
-        Ok(())
+        allocs.free(kb)
+    }
+}
+
+/// The HBM scratch tensor through which the cores' partials reach core 0:
+/// `partials`, or `partials.N` when an earlier kernel of the same program
+/// took that name.
+fn partials_scratch(kb: &mut KernelBuilder, n: usize) -> Result<HbmTensor, BuildError> {
+    let mut i = 0usize;
+    loop {
+        let name = if i == 0 { "partials".to_string() } else { format!("partials.{i}") };
+        match kb.hbm_scratch(&name, &[n], DType::F32) {
+            Err(BuildError::DuplicateTensor { .. }) => i += 1,
+            r => return r,
+        }
     }
 }
 
@@ -404,25 +434,33 @@ impl Kernel for Reduce {
     fn default_shape(&self) -> Vec<usize> {
         vec![1024, 1024]
     }
-    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
-        let Args { op, shape, akb, out_shape, .. } = parse(self.name(), args)?;
+    fn signature(&self, _chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        let Args { shape, out_shape, .. } = parse(self.name(), args)?;
+        Ok(vec![sig("x", TensorKind::Input, &shape, args.dtype), sig("y", TensorKind::Output, &out_shape, args.dtype)])
+    }
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        check_emit(self, kb, args, io)?;
+        let Args { op, akb, .. } = parse(self.name(), args)?;
+        let (x, y) = (bound(self.name(), io, "x")?, bound(self.name(), io, "y")?);
         let [a, k, b] = akb;
         let dtype = args.dtype;
-        let mut kb = KernelBuilder::new(self.name(), chip);
-        let x = kb.hbm_input("x", &shape, dtype)?;
-        let y = kb.hbm_output("y", &out_shape, dtype)?;
-        let ctx = Ctx { chip, dtype, op, k, cores: args.cores };
+        let (chip, home) = (kb.chip().clone(), kb.current_core());
+        let ctx = Ctx { chip: &chip, dtype, op, k, cores: args.cores };
         let n = a * k * b;
         let yflat = y.view().reshape(&[a * b]);
         if a > 1 {
-            ctx.rows(&mut kb, &x.view().reshape(&[a, k, b]), &yflat.reshape(&[a, b]), akb)?;
+            ctx.rows(kb, &x.view().reshape(&[a, k, b]), &yflat.reshape(&[a, b]), akb)?;
         } else if b > 1 {
-            ctx.columns(&mut kb, &x.view().reshape(&[k, b]), &yflat, b)?;
+            ctx.columns(kb, &x.view().reshape(&[k, b]), &yflat, b)?;
         } else {
-            ctx.all(&mut kb, &x.view().reshape(&[k]), &yflat, k)?;
+            ctx.all(kb, &x.view().reshape(&[k]), &yflat, k)?;
         }
+        kb.core(home)?;
         let bytes = (n + a * b) as u64 * dtype.size() as u64;
-        Ok(Built { program: kb.finish()?, flops: n as u64, bytes_hbm: bytes, peak_dtype: None })
+        Ok(Cost { flops: n as u64, bytes_hbm: bytes, peak_dtype: None })
+    }
+    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+        standalone(self, chip, args)
     }
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {
         let Args { op, akb: [a, k, b], out_shape, .. } = parse(self.name(), args)?;

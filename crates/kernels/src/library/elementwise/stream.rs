@@ -37,7 +37,8 @@ pub(crate) type BlockBody<'a> = dyn FnMut(&mut KernelBuilder, u16, &[View]) -> R
 
 /// Streams `inputs` (all with `numel` elements of `dtype`) through SBUF
 /// block by block over `cores` cores; `body` emits the compute of one block
-/// and returns the view to store into `output`.
+/// and returns the view to store into `output`. The pools are freed when
+/// each core's blocks are issued.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn flat_map(
     kb: &mut KernelBuilder,
@@ -74,6 +75,8 @@ pub(crate) fn flat_map(
             let result = body(kb, core, &views)?;
             kb.dma_on(Q_STORE, hbm_block(&out, &b, 1), &result)?;
         }
+        // Nothing else is allocated on this core by the stream.
+        pools.into_iter().try_for_each(|p| kb.free_pool(p))?;
     }
     Ok(())
 }

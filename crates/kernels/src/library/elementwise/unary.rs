@@ -3,13 +3,16 @@
 //! once, with the whole chain applied in SBUF in between.
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{ActFn, AluOp, Engine};
+use trainyard_isa::{ActFn, AluOp, Engine, TensorKind};
 
-use super::common::{act_f64, act_fn, any_shape, finite, input, kernel_err, numel, output, partitions, split};
+use super::common::{
+    act_f64, act_fn, any_shape, bound, check_emit, finite, input, kernel_err, numel, output, partitions, sig, split,
+    Allocs,
+};
 use super::stream::flat_map;
 use crate::builder::KernelBuilder;
 use crate::error::BuildError;
-use crate::library::{Built, HostTensors, Kernel, KernelArgs};
+use crate::library::{standalone, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig};
 use crate::view::{AsAp, View};
 
 /// `y = f(x·scale + bias)` for any activation function, any shape.
@@ -56,35 +59,50 @@ fn unary_args(kernel: &str, args: &KernelArgs, default: ActFn) -> Result<UnaryAr
     Ok(UnaryArgs { func, scale: finite(kernel, args, "scale", 1.0)?, bias: finite(kernel, args, "bias", 0.0)? })
 }
 
-fn build_unary(kernel: &str, chip: &ChipSpec, args: &KernelArgs, u: &UnaryArgs) -> Result<Built, BuildError> {
+/// `x` and `y`, both of the arguments' shape and dtype.
+fn signature_unary(kernel: &str, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
     let shape = any_shape(kernel, args)?;
-    let n = numel(kernel, &shape)?;
-    let mut kb = KernelBuilder::new(kernel, chip);
-    let x = kb.hbm_input("x", &shape, args.dtype)?;
-    let y = kb.hbm_output("y", &shape, args.dtype)?;
+    Ok(vec![sig("x", TensorKind::Input, &shape, args.dtype), sig("y", TensorKind::Output, &shape, args.dtype)])
+}
+
+fn emit_unary(
+    kernel: &dyn Kernel,
+    kb: &mut KernelBuilder,
+    args: &KernelArgs,
+    io: &Bindings,
+    u: &UnaryArgs,
+) -> Result<Cost, BuildError> {
+    let name = kernel.name();
+    check_emit(kernel, kb, args, io)?;
+    let (x, y) = (bound(name, io, "x")?, bound(name, io, "y")?);
+    let n = numel(name, x.shape())?;
+    let (chip, home) = (kb.chip().clone(), kb.current_core());
+    let mut allocs = Allocs::default();
     // The activation's bias is a per-partition operand: one constant column per core.
     let mut bias_cols: Vec<View> = Vec::new();
     if u.bias != 0.0 {
-        for core in 0..split(n, args.cores as usize, partitions(chip)).len() {
+        for core in 0..split(n, args.cores as usize, partitions(&chip)).len() {
             kb.core(core as u16)?;
-            let t = kb.sbuf_tile(&[partitions(chip), 1], DType::F32)?;
+            let t = allocs.sbuf(kb, &[partitions(&chip), 1], DType::F32)?;
             kb.memset(Engine::Vector, &t, u.bias)?;
-            bias_cols.push(t.view());
+            bias_cols.push(t);
         }
     }
     let (func, scale) = (u.func, u.scale as f32);
-    flat_map(&mut kb, chip, args.cores, n, args.dtype, &[&x], &y, &mut |kb, core, t| {
+    flat_map(kb, &chip, args.cores, n, args.dtype, &[x], y, &mut |kb, core, t| {
         let t = &t[0];
         let bias = match bias_cols.get(core as usize) {
             Some(col) => Some(col.part(0..t.shape()[0])),
-            None if u.bias != 0.0 => return Err(kernel_err(kernel, format!("no bias column on core {core}"))),
+            None if u.bias != 0.0 => return Err(kernel_err(name, format!("no bias column on core {core}"))),
             None => None,
         };
         kb.activation(func, t, t, scale, bias.as_ref().map(|v| v as &dyn AsAp), None)?;
         Ok(t.clone())
     })?;
+    allocs.free(kb)?;
+    kb.core(home)?;
     let bytes = 2 * n as u64 * args.dtype.size() as u64;
-    Ok(Built { program: kb.finish()?, flops: n as u64, bytes_hbm: bytes, peak_dtype: None })
+    Ok(Cost { flops: n as u64, bytes_hbm: bytes, peak_dtype: None })
 }
 
 fn reference_unary(
@@ -117,8 +135,15 @@ impl Kernel for Unary {
     fn default_shape(&self) -> Vec<usize> {
         vec![1024, 1024]
     }
+    fn signature(&self, _chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        unary_args(self.name(), args, ActFn::Identity)?;
+        signature_unary(self.name(), args)
+    }
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        emit_unary(self, kb, args, io, &unary_args(self.name(), args, ActFn::Identity)?)
+    }
     fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
-        build_unary(self.name(), chip, args, &unary_args(self.name(), args, ActFn::Identity)?)
+        standalone(self, chip, args)
     }
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {
         reference_unary(self.name(), &unary_args(self.name(), args, ActFn::Identity)?, args, inputs)
@@ -152,8 +177,14 @@ impl Kernel for Silu {
     fn default_shape(&self) -> Vec<usize> {
         vec![1024, 1024]
     }
+    fn signature(&self, _chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        signature_unary(self.name(), args)
+    }
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        emit_unary(self, kb, args, io, &SILU)
+    }
     fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
-        build_unary(self.name(), chip, args, &SILU)
+        standalone(self, chip, args)
     }
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {
         reference_unary(self.name(), &SILU, args, inputs)
@@ -238,16 +269,24 @@ impl Kernel for Fused {
     fn default_shape(&self) -> Vec<usize> {
         vec![1024, 1024]
     }
-    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
-        let func = self.activation(args)?;
+    fn signature(&self, _chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        self.activation(args)?;
         let shape = any_shape(self.name(), args)?;
-        let n = numel(self.name(), &shape)?;
-        let mut kb = KernelBuilder::new(self.name(), chip);
-        let a = kb.hbm_input("a", &shape, args.dtype)?;
-        let b = kb.hbm_input("b", &shape, args.dtype)?;
-        let y = kb.hbm_output("y", &shape, args.dtype)?;
+        Ok(vec![
+            sig("a", TensorKind::Input, &shape, args.dtype),
+            sig("b", TensorKind::Input, &shape, args.dtype),
+            sig("y", TensorKind::Output, &shape, args.dtype),
+        ])
+    }
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        check_emit(self, kb, args, io)?;
+        let func = self.activation(args)?;
+        let name = self.name();
+        let (a, b, y) = (bound(name, io, "a")?, bound(name, io, "b")?, bound(name, io, "y")?);
+        let n = numel(name, a.shape())?;
+        let (chip, home) = (kb.chip().clone(), kb.current_core());
         let chain = self.0;
-        flat_map(&mut kb, chip, args.cores, n, args.dtype, &[&a, &b], &y, &mut |kb, _core, t| {
+        flat_map(kb, &chip, args.cores, n, args.dtype, &[a, b], y, &mut |kb, _core, t| {
             let (ta, tb) = (&t[0], &t[1]);
             if chain == Chain::AddRelu {
                 kb.tensor_tensor(Engine::Vector, AluOp::Add, ta, ta, tb)?;
@@ -258,8 +297,12 @@ impl Kernel for Fused {
             }
             Ok(ta.clone())
         })?;
+        kb.core(home)?;
         let bytes = 3 * n as u64 * args.dtype.size() as u64;
-        Ok(Built { program: kb.finish()?, flops: 2 * n as u64, bytes_hbm: bytes, peak_dtype: None })
+        Ok(Cost { flops: 2 * n as u64, bytes_hbm: bytes, peak_dtype: None })
+    }
+    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+        standalone(self, chip, args)
     }
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {
         let func = self.activation(args)?;

@@ -3,16 +3,17 @@
 use std::ops::Range;
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{ActFn, AluOp, Engine};
+use trainyard_isa::{ActFn, AluOp, Engine, TensorKind};
 
 use super::rows::{partitions, pipelined, replicate, resident_bufs, rows_cols, Stages, CHUNK};
 use crate::builder::{KernelBuilder, TilePool};
 use crate::error::BuildError;
 use crate::insts::Stage;
 use crate::library::elementwise::common::{
-    balance, blocks, chunks, input, kernel_err, output, split, split_at, Block, Costs, Q_AUX, Q_LOAD, Q_STORE,
+    balance, blocks, bound, check_emit, chunks, input, kernel_err, output, sig, split, split_at, Allocs, Block, Costs,
+    Q_AUX, Q_LOAD, Q_STORE,
 };
-use crate::library::{Built, HostTensors, Kernel, KernelArgs, Tolerance};
+use crate::library::{standalone, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig, Tolerance};
 use crate::view::View;
 
 /// `y = (x − mean) · rsqrt(var + eps) · gamma + beta` over the last axis of
@@ -283,35 +284,58 @@ fn split_column(chip: &ChipSpec, kind: Kind, dtype: DType, cols: usize) -> usize
     split_at(cols, balance(vector, gpsimd, c.v_tt, c.g_tt))
 }
 
-fn build(kind: Kind, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+/// `x`, `gamma`, `beta` (layernorm), then `y`.
+fn signature(kind: Kind, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+    let kernel = name(kind);
+    let (_, cols) = rows_cols(kernel, args)?;
+    eps(kernel, args)?;
+    let dtype = args.dtype;
+    let mut sigs =
+        vec![sig("x", TensorKind::Input, &args.shape, dtype), sig("gamma", TensorKind::Input, &[cols], dtype)];
+    if kind == Kind::Layer {
+        sigs.push(sig("beta", TensorKind::Input, &[cols], dtype));
+    }
+    sigs.push(sig("y", TensorKind::Output, &args.shape, dtype));
+    Ok(sigs)
+}
+
+fn emit(
+    kind: Kind,
+    this: &dyn Kernel,
+    kb: &mut KernelBuilder,
+    args: &KernelArgs,
+    io: &Bindings,
+) -> Result<Cost, BuildError> {
+    check_emit(this, kb, args, io)?;
     let kernel = name(kind);
     let (nrows, cols) = rows_cols(kernel, args)?;
     let eps = eps(kernel, args)?;
     let dtype = args.dtype;
-    let p = partitions(chip);
-    let mut kb = KernelBuilder::new(kernel, chip);
-    let x = kb.hbm_input("x", &args.shape, dtype)?;
-    let gamma = kb.hbm_input("gamma", &[cols], dtype)?;
-    let beta = if kind == Kind::Layer { Some(kb.hbm_input("beta", &[cols], dtype)?) } else { None };
-    let y = kb.hbm_output("y", &args.shape, dtype)?;
+    let (chip, home) = (kb.chip().clone(), kb.current_core());
+    let p = partitions(&chip);
+    let x = bound(kernel, io, "x")?;
+    let gamma = bound(kernel, io, "gamma")?;
+    let beta = if kind == Kind::Layer { Some(bound(kernel, io, "beta")?) } else { None };
+    let y = bound(kernel, io, "y")?;
     let (x2, y2) = (x.view().reshape(&[nrows, cols]), y.view().reshape(&[nrows, cols]));
-    let (gv, bv) = (gamma.view(), beta.as_ref().map(|b| b.view()));
+    let (gv, bv) = (gamma.view(), beta.map(|b| b.view()));
     let nparams = if kind == Kind::Layer { 2 } else { 1 };
     // Resident: x buffers + gamma/beta + the junk output of `square` (+ PSUM
     // and a ones row for the on-chip replication of gamma/beta).
     let bufs = resident_bufs(cols, dtype, (nparams + 1) * cols * dtype.size() + 256);
-    let split_col = split_column(chip, kind, dtype, cols);
+    let split_col = split_column(&chip, kind, dtype, cols);
+    let mut allocs = Allocs::default();
     for (core, range) in split(nrows, args.cores as usize, p).into_iter().enumerate() {
         kb.core(core as u16)?;
         let width = if bufs.is_some() { cols } else { cols.min(CHUNK) };
-        let eps_col = kb.sbuf_tile(&[p, 1], DType::F32)?;
+        let eps_col = allocs.sbuf(kb, &[p, 1], DType::F32)?;
         kb.memset(Engine::Vector, &eps_col, eps)?;
-        let junk = kb.sbuf_tile(&[p, width], dtype)?;
+        let junk = allocs.sbuf(kb, &[p, width], dtype)?;
         let xin = kb.sbuf_pool(&[p, width], dtype, bufs.unwrap_or(3))?;
         let (params, param_pool) = if bufs.is_some() {
             // The rows are staged in partitions 0 and 32 of the junk tile,
             // which the first `square` overwrites only after the matmuls read them.
-            let ones = kb.sbuf_tile(&[1, p], dtype)?;
+            let ones = allocs.sbuf(kb, &[1, p], dtype)?;
             kb.memset(Engine::GpSimd, &ones, 1.0)?;
             // gamma is needed first, by the Vector engine; beta later, via Scalar.
             let mut vectors = vec![(&gv, junk.part(0..1), Engine::Vector)];
@@ -319,7 +343,7 @@ fn build(kind: Kind, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildE
                 let stage = if p > 32 { junk.part(32..33) } else { junk.part(0..1) };
                 vectors.push((b, stage, Engine::Scalar));
             }
-            let mut reps = replicate(&mut kb, &vectors, &ones.view(), dtype)?.into_iter();
+            let mut reps = replicate(kb, &vectors, &ones, dtype, &mut allocs)?.into_iter();
             let g = reps.next().ok_or_else(|| kernel_err(kernel, "gamma not replicated"))?;
             let b = reps.next();
             (Some((g, b)), None)
@@ -336,25 +360,32 @@ fn build(kind: Kind, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildE
             split: split_col,
             xin,
             stats: kb.sbuf_pool(&[p, STATS], DType::F32, 4)?,
-            junk: junk.view(),
-            eps_col: eps_col.view(),
+            junk,
+            eps_col,
             params,
             param_pool,
         };
         let bl = blocks(range, p, 1, false);
         if bufs.is_some() {
-            pipelined(&mut kb, &mut c, &bl)?;
+            pipelined(kb, &mut c, &bl)?;
         } else {
             for b in &bl {
-                c.streamed(&mut kb, b)?;
+                c.streamed(kb, b)?;
             }
         }
+        allocs.keep_pool(c.xin);
+        allocs.keep_pool(c.stats);
+        if let Some(pool) = c.param_pool {
+            allocs.keep_pool(pool);
+        }
     }
+    allocs.free(kb)?;
+    kb.core(home)?;
     let es = dtype.size() as u64;
     let elements = (nrows * cols) as u64;
     let flops = if kind == Kind::Layer { 7 } else { 4 } * elements;
     let bytes = (2 * elements + nparams as u64 * cols as u64) * es;
-    Ok(Built { program: kb.finish()?, flops, bytes_hbm: bytes, peak_dtype: None })
+    Ok(Cost { flops, bytes_hbm: bytes, peak_dtype: None })
 }
 
 fn reference(kind: Kind, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {
@@ -416,8 +447,14 @@ macro_rules! norm_kernel {
             fn default_shape(&self) -> Vec<usize> {
                 vec![4096, 8192]
             }
+            fn signature(&self, _chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+                signature($kind, args)
+            }
+            fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+                emit($kind, self, kb, args, io)
+            }
             fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
-                build($kind, chip, args)
+                standalone(self, chip, args)
             }
             fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {
                 reference($kind, args, inputs)

@@ -11,7 +11,7 @@ use trainyard_isa::{ActFn, Engine};
 
 use crate::builder::KernelBuilder;
 use crate::error::BuildError;
-use crate::library::elementwise::common::{any_shape, chunks, kernel_err, numel, Block, Q_AUX};
+use crate::library::elementwise::common::{any_shape, chunks, kernel_err, numel, Allocs, Block, Q_AUX};
 use crate::library::KernelArgs;
 use crate::view::View;
 
@@ -82,13 +82,14 @@ pub(crate) fn partitions(chip: &ChipSpec) -> usize {
 /// Scalar identity activation), two banks per copy. The vectors' matmuls are
 /// interleaved so their copies run on their engines concurrently. A stride-0
 /// broadcast DMA would move `P` times the bytes through the DMA engines and
-/// HBM. Nothing is freed: reusing this PSUM or the staging rows would order
-/// later work behind these reads.
+/// HBM. The tiles go to `allocs`, freed when the kernel ends: reusing this
+/// PSUM or the staging rows earlier would order later work behind these reads.
 pub(crate) fn replicate(
     kb: &mut KernelBuilder,
     vectors: &[(&View, View, Engine)],
     ones: &View,
     dtype: DType,
+    allocs: &mut Allocs,
 ) -> Result<Vec<View>, BuildError> {
     let p = partitions(kb.chip());
     let n = (kb.chip().core.tensor.moving_fmax as usize).min(kb.chip().psum_bank_bytes() as usize / 4);
@@ -99,7 +100,7 @@ pub(crate) fn replicate(
     for (v, row, _) in vectors {
         cols = row.shape().get(1).copied().unwrap_or(1);
         kb.dma_on(Q_AUX, row, v.reshape(&[1, cols]))?;
-        outs.push(kb.sbuf_tile(&[p, cols], dtype)?.view());
+        outs.push(allocs.sbuf(kb, &[p, cols], dtype)?);
         pools.push(kb.psum_pool(&[p, wide], DType::F32, 2)?);
     }
     for c in chunks(cols, wide) {
@@ -115,5 +116,6 @@ pub(crate) fn replicate(
             }
         }
     }
+    pools.into_iter().for_each(|pool| allocs.keep_pool(pool));
     Ok(outs)
 }

@@ -3,14 +3,16 @@
 use std::ops::Range;
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{ActFn, AluOp, Engine};
+use trainyard_isa::{ActFn, AluOp, Engine, TensorKind};
 
 use super::rows::{partitions, pipelined, resident_bufs, rows_cols, Stages, CHUNK};
 use crate::builder::{KernelBuilder, TilePool};
 use crate::error::BuildError;
 use crate::insts::Stage;
-use crate::library::elementwise::common::{blocks, chunks, input, kernel_err, output, Block, Q_AUX, Q_LOAD, Q_STORE};
-use crate::library::{Built, HostTensors, Kernel, KernelArgs};
+use crate::library::elementwise::common::{
+    blocks, bound, check_emit, chunks, input, kernel_err, output, sig, Allocs, Block, Q_AUX, Q_LOAD, Q_STORE,
+};
+use crate::library::{standalone, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig};
 use crate::view::View;
 
 /// `y = softmax(x)` along the last axis of `x` (`[rows, cols]`; leading axes
@@ -213,17 +215,18 @@ impl Stages for Core<'_> {
     }
 }
 
-/// Builds the `[P, P]` causal mask and the zero tile on the current core.
-fn mask_tiles(kb: &mut KernelBuilder, p: usize, dtype: DType) -> Result<Mask, BuildError> {
+/// Builds the `[P, P]` causal mask and the zero tile on the current core
+/// (kept in `allocs`).
+fn mask_tiles(kb: &mut KernelBuilder, p: usize, dtype: DType, allocs: &mut Allocs) -> Result<Mask, BuildError> {
     let idx = kb.sbuf_tile(&[p, p], DType::I32)?;
     // idx[q, t] = t − q: positive right of the diagonal.
     kb.iota(&idx, 0, -1, &[1])?;
-    let tri = kb.sbuf_tile(&[p, p], DType::F32)?;
+    let tri = allocs.sbuf(kb, &[p, p], DType::F32)?;
     kb.tensor_scalar(Engine::Vector, &tri, &idx, Stage::new(AluOp::Gt, 0.0), Some(Stage::new(AluOp::Mul, MASKED)))?;
     kb.free(idx)?;
-    let zeros = kb.sbuf_tile(&[p, ZERO_COLS], dtype)?;
+    let zeros = allocs.sbuf(kb, &[p, ZERO_COLS], dtype)?;
     kb.memset(Engine::GpSimd, &zeros, 0.0)?;
-    Ok(Mask { tri: tri.view(), zeros: zeros.view() })
+    Ok(Mask { tri, zeros })
 }
 
 impl Kernel for Softmax {
@@ -245,14 +248,22 @@ impl Kernel for Softmax {
     fn default_shape(&self) -> Vec<usize> {
         vec![4096, 8192]
     }
-    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+    fn signature(&self, _chip: &ChipSpec, args: &KernelArgs) -> Result<Vec<TensorSig>, BuildError> {
+        rows_cols(self.name(), args)?;
+        causal(self.name(), args)?;
+        Ok(vec![
+            sig("x", TensorKind::Input, &args.shape, args.dtype),
+            sig("y", TensorKind::Output, &args.shape, args.dtype),
+        ])
+    }
+    fn emit(&self, kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost, BuildError> {
+        check_emit(self, kb, args, io)?;
         let (nrows, cols) = rows_cols(self.name(), args)?;
         let causal = causal(self.name(), args)?;
         let dtype = args.dtype;
-        let p = partitions(chip);
-        let mut kb = KernelBuilder::new(self.name(), chip);
-        let x = kb.hbm_input("x", &args.shape, dtype)?;
-        let y = kb.hbm_output("y", &args.shape, dtype)?;
+        let home = kb.current_core();
+        let p = partitions(kb.chip());
+        let (x, y) = (bound(self.name(), io, "x")?, bound(self.name(), io, "y")?);
         let (x2, y2) = (x.view().reshape(&[nrows, cols]), y.view().reshape(&[nrows, cols]));
         let fixed = if causal { p * 4 + ZERO_COLS * dtype.size() } else { 0 };
         let bufs = resident_bufs(cols, dtype, fixed);
@@ -263,10 +274,11 @@ impl Kernel for Softmax {
         let span = if causal { period } else { nrows };
         let all: Vec<Block> = (0..nrows / span).flat_map(|m| blocks(m * span..(m + 1) * span, p, 1, false)).collect();
         let ncores = (args.cores.max(1) as usize).min(all.len());
+        let mut allocs = Allocs::default();
         for core in 0..ncores {
             let bl: Vec<Block> = all.iter().skip(core).step_by(ncores).copied().collect();
             kb.core(core as u16)?;
-            let mask = if causal { Some(mask_tiles(&mut kb, p, dtype)?) } else { None };
+            let mask = if causal { Some(mask_tiles(kb, p, dtype, &mut allocs)?) } else { None };
             let width = if bufs.is_some() { cols } else { cols.min(CHUNK) };
             let mut c = Core {
                 x2: &x2,
@@ -279,17 +291,25 @@ impl Kernel for Softmax {
                 stats: kb.sbuf_pool(&[p, 2], DType::F32, 4)?,
             };
             if bufs.is_some() {
-                pipelined(&mut kb, &mut c, &bl)?;
+                pipelined(kb, &mut c, &bl)?;
             } else {
                 for b in &bl {
-                    c.streamed(&mut kb, b)?;
+                    c.streamed(kb, b)?;
                 }
             }
+            for pool in [c.xin, c.nmax, c.stats] {
+                allocs.keep_pool(pool);
+            }
         }
+        allocs.free(kb)?;
+        kb.core(home)?;
         let es = dtype.size() as u64;
         let elements = (nrows * cols) as u64;
         let read = if causal { (0..nrows).map(|i| (i % period + 1).min(cols) as u64).sum() } else { elements };
-        Ok(Built { program: kb.finish()?, flops: 4 * elements, bytes_hbm: (read + elements) * es, peak_dtype: None })
+        Ok(Cost { flops: 4 * elements, bytes_hbm: (read + elements) * es, peak_dtype: None })
+    }
+    fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+        standalone(self, chip, args)
     }
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError> {
         let (nrows, cols) = rows_cols(self.name(), args)?;
