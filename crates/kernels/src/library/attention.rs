@@ -16,9 +16,10 @@
 use trainyard_arch::{ChipSpec, DType};
 use trainyard_isa::{ActFn, InstId};
 
-use super::{Bindings, Kernel, KernelArgs};
+pub(crate) use super::bound;
+use super::{Kernel, KernelArgs};
 use crate::view::AsAp;
-use crate::{BuildError, HbmTensor, KernelBuilder, Tile, View};
+use crate::{BuildError, KernelBuilder, Tile, View};
 
 pub mod decode;
 pub mod flash;
@@ -98,11 +99,6 @@ fn check_args(kernel: &dyn Kernel, args: &KernelArgs) -> Result<(), BuildError> 
         return Err(kernel_err(kernel.name(), format!("dtype {} is not supported", args.dtype)));
     }
     Ok(())
-}
-
-/// The tensor bound to `name` (present once `check_bindings` passed).
-fn bound<'a>(kernel: &str, io: &'a Bindings, name: &str) -> Result<&'a HbmTensor, BuildError> {
-    io.get(name).ok_or_else(|| kernel_err(kernel, format!("tensor `{name}` is not bound")))
 }
 
 /// The tiles of one emitted kernel on one core, handed out as views and

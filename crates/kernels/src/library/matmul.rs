@@ -20,8 +20,8 @@ pub use transpose::Transpose;
 use trainyard_arch::{ChipSpec, DType};
 use trainyard_isa::{ActFn, AluOp, Engine, TensorKind};
 
-use super::{Bindings, Kernel, KernelArgs, TensorSig};
-use crate::{BuildError, HbmTensor, KernelBuilder, Stage, View};
+use super::{bound, check_args, Kernel, TensorSig};
+use crate::{BuildError, KernelBuilder, Stage, View};
 
 /// The kernels of this family.
 pub fn kernels() -> Vec<Box<dyn Kernel>> {
@@ -31,29 +31,6 @@ pub fn kernels() -> Vec<Box<dyn Kernel>> {
 /// A signature entry.
 fn sig(name: &str, kind: TensorKind, shape: Vec<usize>, dtype: DType) -> TensorSig {
     TensorSig { name: name.to_string(), kind, shape, dtype }
-}
-
-/// Checks what [`super::build`] checks before a standalone build (known
-/// options, a supported dtype, cores the chip has), since a composing caller
-/// reaches `emit` without it.
-fn check_args(kernel: &dyn Kernel, chip: &ChipSpec, args: &KernelArgs) -> Result<(), BuildError> {
-    args.check_options(kernel)?;
-    let fail = |message: String| BuildError::Kernel { kernel: kernel.name().to_string(), message };
-    if !kernel.dtypes().contains(&args.dtype) {
-        return Err(fail(format!("dtype {} is not supported", args.dtype)));
-    }
-    if args.cores == 0 || args.cores as u32 > chip.chip.cores {
-        return Err(fail(format!("--cores {} is outside 1..={} for {}", args.cores, chip.chip.cores, chip.name)));
-    }
-    Ok(())
-}
-
-/// The tensor bound to `name` (present once [`super::check_bindings`] passed).
-fn bound<'a>(kernel: &str, io: &'a Bindings, name: &str) -> Result<&'a HbmTensor, BuildError> {
-    io.get(name).ok_or_else(|| BuildError::Kernel {
-        kernel: kernel.to_string(),
-        message: format!("tensor `{name}` is not bound"),
-    })
 }
 
 /// Rounds `bytes` up to the builder's allocation alignment.
@@ -155,7 +132,8 @@ fn per_partition(v: &View) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::library::{Cost, HostTensors};
+    use crate::library::{Bindings, Cost, HostTensors, KernelArgs};
+    use crate::HbmTensor;
 
     #[test]
     fn queues_fold_onto_the_chip() {

@@ -22,11 +22,11 @@ pub use embedding::Embedding;
 pub use mlp::Mlp;
 pub use topk::{Argmax, TopK};
 
-use trainyard_arch::{ChipSpec, DType};
+use trainyard_arch::DType;
 use trainyard_isa::TensorKind;
 
-use super::{Bindings, Kernel, KernelArgs, TensorSig};
-use crate::builder::HbmTensor;
+pub(crate) use super::{bound, check_args};
+use super::{Kernel, TensorSig};
 use crate::error::BuildError;
 
 /// The kernels of this family.
@@ -39,38 +39,9 @@ fn kernel_err(kernel: &str, message: String) -> BuildError {
     BuildError::Kernel { kernel: kernel.to_string(), message }
 }
 
-/// Refuses what `library::build` refuses before building a kernel (unknown
-/// options, unsupported dtypes, a core count outside the chip), so that a
-/// kernel composed through `signature`/`emit` accepts the same arguments.
-fn check_args(kernel: &dyn Kernel, chip: &ChipSpec, args: &KernelArgs) -> Result<(), BuildError> {
-    args.check_options(kernel)?;
-    if !kernel.dtypes().contains(&args.dtype) {
-        return Err(kernel_err(
-            kernel.name(),
-            format!(
-                "dtype {} is not supported (supported: {})",
-                args.dtype,
-                kernel.dtypes().iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
-            ),
-        ));
-    }
-    if args.cores == 0 || args.cores as u32 > chip.chip.cores {
-        return Err(kernel_err(
-            kernel.name(),
-            format!("--cores {} is outside 1..={} for {}", args.cores, chip.chip.cores, chip.name),
-        ));
-    }
-    Ok(())
-}
-
 /// One tensor of a signature.
 fn sig(name: &str, kind: TensorKind, shape: &[usize], dtype: DType) -> TensorSig {
     TensorSig { name: name.to_string(), kind, shape: shape.to_vec(), dtype }
-}
-
-/// The tensor bound to `name` (present once `check_bindings` passed).
-fn bound<'a>(kernel: &str, io: &'a Bindings, name: &str) -> Result<&'a HbmTensor, BuildError> {
-    io.get(name).ok_or_else(|| kernel_err(kernel, format!("tensor `{name}` is not bound")))
 }
 
 /// Items `[start, end)` of `n` that core `c` of `cores` works on: contiguous

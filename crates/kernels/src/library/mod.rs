@@ -205,7 +205,12 @@ pub fn standalone(kernel: &dyn Kernel, chip: &ChipSpec, args: &KernelArgs) -> Re
 
 /// Checks that `io` binds every tensor of `kernel`'s signature with the right
 /// shape and dtype (for callers composing kernels into a larger program).
-pub fn check_bindings(kernel: &dyn Kernel, chip: &ChipSpec, args: &KernelArgs, io: &Bindings) -> Result<(), BuildError> {
+pub fn check_bindings(
+    kernel: &dyn Kernel,
+    chip: &ChipSpec,
+    args: &KernelArgs,
+    io: &Bindings,
+) -> Result<(), BuildError> {
     for sig in kernel.signature(chip, args)? {
         let t = io.get(&sig.name).ok_or_else(|| BuildError::Kernel {
             kernel: kernel.name().to_string(),
@@ -296,8 +301,9 @@ pub fn find(name: &str) -> Option<Box<dyn Kernel>> {
     registry().into_iter().find(|k| k.name() == name)
 }
 
-/// Builds a kernel after checking its options and dtype.
-pub fn build(kernel: &dyn Kernel, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+/// Checks a kernel's options, dtype and core count against the chip (what
+/// [`build`] and every [`Kernel::emit`] check before emitting anything).
+pub fn check_args(kernel: &dyn Kernel, chip: &ChipSpec, args: &KernelArgs) -> Result<(), BuildError> {
     args.check_options(kernel)?;
     if !kernel.dtypes().contains(&args.dtype) {
         return Err(BuildError::Kernel {
@@ -315,6 +321,20 @@ pub fn build(kernel: &dyn Kernel, chip: &ChipSpec, args: &KernelArgs) -> Result<
             message: format!("--cores {} is outside 1..={} for {}", args.cores, chip.chip.cores, chip.name),
         });
     }
+    Ok(())
+}
+
+/// The tensor bound to `name` (present once [`check_bindings`] passed).
+pub fn bound<'a>(kernel: &str, io: &'a Bindings, name: &str) -> Result<&'a HbmTensor, BuildError> {
+    io.get(name).ok_or_else(|| BuildError::Kernel {
+        kernel: kernel.to_string(),
+        message: format!("tensor `{name}` is not bound"),
+    })
+}
+
+/// Builds a kernel after checking its options, dtype and cores.
+pub fn build(kernel: &dyn Kernel, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError> {
+    check_args(kernel, chip, args)?;
     kernel.build(chip, args)
 }
 

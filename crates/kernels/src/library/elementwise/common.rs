@@ -9,7 +9,7 @@ use std::ops::Range;
 use trainyard_arch::{ChipSpec, DType};
 use trainyard_isa::{ActFn, AluOp, TensorKind};
 
-use crate::builder::{HbmTensor, KernelBuilder, Tile, TilePool};
+use crate::builder::{KernelBuilder, Tile, TilePool};
 use crate::error::BuildError;
 use crate::library::{check_bindings, Bindings, HostTensors, Kernel, KernelArgs, TensorSig};
 use crate::view::View;
@@ -36,26 +36,16 @@ pub(crate) fn sig(name: &str, kind: TensorKind, shape: &[usize], dtype: DType) -
 /// Checks what `emit` is given before it appends anything: the options and
 /// dtype (as `library::build` does for standalone programs), the cores
 /// against the chip, and the bindings against the signature.
+pub(crate) use crate::library::bound;
+
 pub(crate) fn check_emit(
     kernel: &dyn Kernel,
     kb: &KernelBuilder,
     args: &KernelArgs,
     io: &Bindings,
 ) -> Result<(), BuildError> {
-    args.check_options(kernel)?;
-    if !kernel.dtypes().contains(&args.dtype) {
-        return Err(kernel_err(kernel.name(), format!("dtype {} is not supported", args.dtype)));
-    }
-    let cores = kb.chip().chip.cores;
-    if args.cores == 0 || args.cores as u32 > cores {
-        return Err(kernel_err(kernel.name(), format!("--cores {} is outside 1..={cores}", args.cores)));
-    }
+    crate::library::check_args(kernel, kb.chip(), args)?;
     check_bindings(kernel, kb.chip(), args, io)
-}
-
-/// The tensor bound to `name` (present once [`check_emit`] passed).
-pub(crate) fn bound<'a>(kernel: &str, io: &'a Bindings, name: &str) -> Result<&'a HbmTensor, BuildError> {
-    io.get(name).ok_or_else(|| kernel_err(kernel, format!("tensor `{name}` is not bound")))
 }
 
 /// The tiles and pools a kernel allocates, given back together when it

@@ -10,7 +10,8 @@ use trainyard_sim::SimOptions;
 use super::*;
 use crate::builder::KernelBuilder;
 use crate::harness::compare;
-use crate::library::{self, check_bindings, Cost, HostTensors, KernelArgs};
+use crate::library::{self, check_bindings, Bindings, Cost, HostTensors, KernelArgs};
+use crate::HbmTensor;
 
 fn chip() -> ChipSpec {
     ChipSpec::by_name("trn2").unwrap()
