@@ -1,34 +1,102 @@
 //! Automatic dependencies: which earlier instructions a new one must wait for.
 //!
 //! The tracker keeps *access records* (instruction, unit, read/write, access
-//! pattern) per memory: one HBM for the chip, one SBUF and one PSUM per core.
-//! A new instruction waits for every earlier overlapping write (RAW, WAW) and,
-//! when it writes, for every earlier overlapping read (WAR).
+//! pattern, and a box the record is clipped to) per memory: one HBM for the
+//! chip, one SBUF and one PSUM per core. A record stands for the bytes of its
+//! pattern inside its box: `[partition range] × [byte span]` (HBM: the span
+//! alone). A new instruction waits for every earlier overlapping write (RAW,
+//! WAW) and, when it writes, for every earlier overlapping read (WAR).
 //!
 //! Cheapness comes from three rules:
 //! * records are found through an interval index on their byte span, so a
 //!   query costs about the number of records near the new access;
-//! * a dense write that covers a record replaces it (whoever waits for the new
-//!   write also, transitively, waits for the old access), and a dense read
-//!   covers older reads of the same unit (in-order issue) — so only the last
-//!   writer per region and the readers since survive;
-//! * overlap is decided on bounding boxes; only when both boxes intersect and
-//!   one pattern is strided are the exact byte runs compared, so interleaved
-//!   views (even/odd columns) are not ordered.
+//! * a record gives up the bytes that a newer access covers when whoever will
+//!   conflict with those bytes must also wait for the newer access, which
+//!   implies the old one: a write takes them from every older record (it is
+//!   ordered after each one it overlaps), a read only from older reads that
+//!   finished before it started (its clock says so). A dense access covers
+//!   its box; a strided one only earlier records of the same pattern (found
+//!   by pattern, without a scan). Covered entirely, the record is retired;
+//!   covered in part by a dense access, its box shrinks to what is left
+//!   (split in up to four boxes, each tightened to the bytes it still holds).
+//!   So with dense or repeated overwrites, however they are cut, only the
+//!   last writer of each byte and the readers since survive;
+//! * overlap is decided on boxes; only when two boxes intersect and one
+//!   pattern is strided are its byte runs in the intersection looked at, so
+//!   interleaved views (even/odd columns) are not ordered. Runs are walked
+//!   only where they can reach the intersection, and against a dense box
+//!   only their extent matters, which one-dim patterns give without a walk.
+//!
+//! Retiring a record never changes the answer: a later access that overlaps
+//! its bytes overlaps the newer record that took them, which is ordered after
+//! the old one, so the old one would have been dropped as implied anyway.
 //!
 //! Redundant dependencies are dropped with a per-instruction *clock*: for each
 //! unit (engine queue or DMA queue of a core), the latest instruction known to
 //! have finished before this one starts. Same-unit predecessors are implied by
 //! in-order issue (HW-SYNC-QUEUES, HW-DMA-QUEUE); a candidate already in the
 //! clock of a kept dependency is implied transitively.
+//!
+//! There is no "horizon" (retire what every unit has waited for, as the
+//! simulator's race checker does): a builder does not know which units will
+//! issue again, and the first instruction of a unit not used yet waits for
+//! nothing by in-order issue, so every record would stay live for it.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use trainyard_isa::{Ap, Dim, InstId, Role, Space, Unit};
 
-/// Most contiguous runs enumerated per pattern in the exact overlap test; beyond
-/// it the test answers "overlap", which only costs a dependency.
-const EXACT_RUN_LIMIT: u64 = 1 << 16;
+/// Most indices walked per pattern in the exact overlap test; beyond it the
+/// test answers "overlap", which only costs a dependency (and a cut record
+/// keeps its box untightened).
+const EXACT_RUN_LIMIT: usize = 1 << 16;
+
+/// A multiply-rotate hash for the tracker's maps, hashed several times per
+/// access: their keys are small and not chosen by an adversary, and SipHash
+/// showed in profiles.
+#[derive(Default)]
+struct QuickHasher(u64);
+
+impl Hasher for QuickHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u8(&mut self, x: u8) {
+        self.write_u64(x.into());
+    }
+
+    fn write_u16(&mut self, x: u16) {
+        self.write_u64(x.into());
+    }
+
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(x.into());
+    }
+
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+
+    fn write_i64(&mut self, x: i64) {
+        self.write_u64(x as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type QuickMap<K, V> = HashMap<K, V, BuildHasherDefault<QuickHasher>>;
 
 /// An engine or DMA queue of one core, as one number.
 fn unit_key(core: u16, unit: Unit) -> u32 {
@@ -118,9 +186,42 @@ type DomainKey = (Space, u16);
 struct Domain {
     reads: IntervalIndex,
     writes: IntervalIndex,
+    /// Strided records by pattern: a strided access only ever stands in for
+    /// repeats of its own pattern, found here without a scan.
+    strided: QuickMap<Ap, Vec<u32>>,
 }
 
-/// One operand of one instruction, ready for overlap tests.
+impl Domain {
+    fn index(&mut self, write: bool) -> &mut IntervalIndex {
+        if write {
+            &mut self.writes
+        } else {
+            &mut self.reads
+        }
+    }
+
+    fn link(&mut self, id: u32, a: &Access) {
+        self.index(a.write).insert(a.span, id);
+        if !a.dense {
+            self.strided.entry(a.ap).or_default().push(id);
+        }
+    }
+
+    fn unlink(&mut self, id: u32, a: &Access) {
+        self.index(a.write).remove(a.span, id);
+        if !a.dense {
+            if let Some(ids) = self.strided.get_mut(&a.ap) {
+                ids.retain(|&x| x != id);
+                if ids.is_empty() {
+                    self.strided.remove(&a.ap);
+                }
+            }
+        }
+    }
+}
+
+/// One operand of one instruction, or what is left of it: the bytes of `ap`
+/// inside the box `parts × span`.
 #[derive(Clone, Debug)]
 struct Access {
     domain: DomainKey,
@@ -128,7 +229,7 @@ struct Access {
     /// Partition range (SBUF/PSUM); `(0, 1)` for HBM, whose partitions are part of the span.
     parts: (u32, u32),
     span: (i64, i64),
-    /// The byte set equals the span (per partition for SBUF/PSUM).
+    /// The byte set fills the box (per partition for SBUF/PSUM).
     dense: bool,
     ap: Ap,
 }
@@ -144,21 +245,67 @@ impl Access {
         Some(Access { domain, write: role == Role::Write, parts, span, dense, ap: *ap })
     }
 
-    fn overlaps(&self, other: &Access) -> bool {
+    fn boxes_meet(&self, other: &Access) -> bool {
         self.parts.0 < other.parts.1
             && other.parts.0 < self.parts.1
             && self.span.0 < other.span.1
             && other.span.0 < self.span.1
-            && ((self.dense && other.dense) || exact_overlap(&self.ap, &other.ap))
     }
 
-    /// Every byte of `other` is also a byte of `self`.
+    fn overlaps(&self, other: &Access) -> bool {
+        if !self.boxes_meet(other) {
+            return false;
+        }
+        // A dense box shares a byte with a pattern iff the pattern has one in the boxes' intersection.
+        let window = (self.span.0.max(other.span.0), self.span.1.min(other.span.1));
+        match (self.dense, other.dense) {
+            (true, true) => true,
+            (true, false) => run_extent(&other.ap, window) != Some(None),
+            (false, true) => run_extent(&self.ap, window) != Some(None),
+            (false, false) => exact_overlap(self, other),
+        }
+    }
+
+    /// Every byte of `other` is also a byte of `self`. Besides box
+    /// containment for a dense `self`, a repeated strided pattern counts
+    /// (`self` is never clipped: it is the new access).
     fn covers(&self, other: &Access) -> bool {
-        self.dense
-            && self.parts.0 <= other.parts.0
+        let inside = self.parts.0 <= other.parts.0
             && other.parts.1 <= self.parts.1
             && self.span.0 <= other.span.0
-            && other.span.1 <= self.span.1
+            && other.span.1 <= self.span.1;
+        inside && (self.dense || self.ap == other.ap)
+    }
+
+    /// What is left of this box outside the dense `cut`, as up to four boxes:
+    /// the partitions outside `cut`'s (whole span), then the span on either
+    /// side of `cut`'s within the shared partitions. Each is tightened to the
+    /// bytes of the pattern in it, and dropped when it holds none.
+    fn minus(&self, cut: &Access) -> Vec<Access> {
+        let shared = (self.parts.0.max(cut.parts.0), self.parts.1.min(cut.parts.1));
+        let boxes = [
+            ((self.parts.0, shared.0), self.span),
+            ((shared.1, self.parts.1), self.span),
+            (shared, (self.span.0, cut.span.0.min(self.span.1))),
+            (shared, (cut.span.1.max(self.span.0), self.span.1)),
+        ];
+        let mut out = Vec::new();
+        for (parts, span) in boxes {
+            if parts.0 >= parts.1 || span.0 >= span.1 {
+                continue;
+            }
+            let span = if self.dense {
+                span
+            } else {
+                match run_extent(&self.ap, span) {
+                    Some(Some((lo, hi))) => (span.0.max(lo), span.1.min(hi)),
+                    Some(None) => continue,
+                    None => span,
+                }
+            };
+            out.push(Access { parts, span, ..self.clone() });
+        }
+        out
     }
 }
 
@@ -172,13 +319,13 @@ struct Record {
 /// The dependency tracker of one kernel.
 #[derive(Debug, Default)]
 pub(crate) struct DepTracker {
-    domains: HashMap<DomainKey, Domain>,
+    domains: QuickMap<DomainKey, Domain>,
     records: Vec<Option<Record>>,
     free_records: Vec<u32>,
     /// Per instruction: its unit and its clock at start.
     units: Vec<u32>,
     clocks: Vec<Clock>,
-    last_on_unit: HashMap<u32, u32>,
+    last_on_unit: QuickMap<u32, u32>,
 }
 
 impl DepTracker {
@@ -228,10 +375,10 @@ impl DepTracker {
         }
         deps.reverse();
 
-        // Reads first, so a write of the same instruction may replace them.
+        // Reads first, so a write of the same instruction may take their bytes.
         let (reads, writes): (Vec<Access>, Vec<Access>) = accesses.into_iter().partition(|a| !a.write);
         for a in reads.into_iter().chain(writes) {
-            self.record(inst, uk, a);
+            self.record(inst, uk, &clock, a);
         }
         self.units.push(uk);
         self.clocks.push(clock);
@@ -239,51 +386,64 @@ impl DepTracker {
         deps
     }
 
-    fn record(&mut self, inst: u32, uk: u32, a: Access) {
+    /// Adds the record of `a` (by `inst` on unit `uk`, which starts after
+    /// everything in `clock`), first taking from older records the bytes it
+    /// stands in for.
+    fn record(&mut self, inst: u32, uk: u32, clock: &Clock, a: Access) {
         let dom = self.domains.entry(a.domain).or_default();
-        if a.dense {
-            let mut victims = Vec::new();
-            let mut visit = |id: u32| {
-                if let Some(Some(r)) = self.records.get(id as usize) {
-                    let replaceable = a.write || (!r.access.write && r.unit == uk);
-                    if replaceable && a.covers(&r.access) {
-                        victims.push(id);
-                    }
+        // (record, whether `a` covers all of it)
+        let mut hits: Vec<(u32, bool)> = Vec::new();
+        let mut visit = |id: u32| {
+            let Some(Some(r)) = self.records.get(id as usize) else { return };
+            // A write is ordered after every record whose bytes it shares (and
+            // a box holding none of a record's bytes can be cut away freely);
+            // a read only stands in for older reads it is known to follow.
+            let stands_in =
+                a.write || (!r.access.write && (r.inst == inst || clock.get(r.unit).is_some_and(|k| k >= r.inst)));
+            if stands_in && a.boxes_meet(&r.access) {
+                if a.covers(&r.access) {
+                    hits.push((id, true));
+                } else if a.dense {
+                    hits.push((id, false));
                 }
-            };
+            }
+        };
+        if a.dense {
             dom.reads.candidates(a.span, &mut visit);
             if a.write {
                 dom.writes.candidates(a.span, &mut visit);
             }
-            for id in victims {
-                if let Some(r) = self.records.get_mut(id as usize).and_then(Option::take) {
-                    let index = if r.access.write { &mut dom.writes } else { &mut dom.reads };
-                    index.remove(r.access.span, id);
-                    self.free_records.push(id);
+        } else if let Some(ids) = dom.strided.get(&a.ap) {
+            ids.iter().for_each(|&id| visit(id));
+        }
+        for (id, covered) in hits {
+            let Some(r) = self.records.get_mut(id as usize).and_then(Option::take) else { continue };
+            dom.unlink(id, &r.access);
+            self.free_records.push(id);
+            if !covered {
+                for rest in r.access.minus(&a) {
+                    let piece = Record { inst: r.inst, unit: r.unit, access: rest };
+                    insert(&mut self.records, &mut self.free_records, dom, piece);
                 }
             }
         }
-        let index = if a.write { &mut dom.writes } else { &mut dom.reads };
-        let rec = Record { inst, unit: uk, access: a };
-        let id = match self.free_records.pop() {
-            Some(id) => {
-                self.records[id as usize] = Some(rec);
-                id
-            }
-            None => {
-                self.records.push(Some(rec));
-                self.records.len() as u32 - 1
-            }
-        };
-        if let Some(Some(r)) = self.records.get(id as usize) {
-            index.insert(r.access.span, id);
-        }
+        insert(&mut self.records, &mut self.free_records, dom, Record { inst, unit: uk, access: a });
     }
 
     /// Number of live access records (for tests of the pruning rules).
     #[cfg(test)]
     pub(crate) fn live_records(&self) -> usize {
         self.records.iter().filter(|r| r.is_some()).count()
+    }
+}
+
+/// Stores `rec` in a free slot and indexes it in `dom`.
+fn insert(records: &mut Vec<Option<Record>>, free: &mut Vec<u32>, dom: &mut Domain, rec: Record) {
+    let id = free.pop().unwrap_or(records.len() as u32);
+    dom.link(id, &rec.access);
+    match records.get_mut(id as usize) {
+        Some(slot) => *slot = Some(rec),
+        None => records.push(Some(rec)),
     }
 }
 
@@ -309,47 +469,111 @@ fn outer_dims_and_run(ap: &Ap) -> (Vec<Dim>, i64) {
 }
 
 /// Sorted byte runs `[start, end)` of a pattern that touch `window`, or `None`
-/// if there are more than [`EXACT_RUN_LIMIT`].
+/// past [`EXACT_RUN_LIMIT`] steps.
 fn byte_runs(ap: &Ap, window: (i64, i64)) -> Option<Vec<(i64, i64)>> {
-    let (dims, run) = outer_dims_and_run(ap);
-    let count = dims.iter().fold(1u64, |acc, d| acc.saturating_mul(d.size as u64));
-    if count > EXACT_RUN_LIMIT {
-        return None;
+    let mut runs = RunWalk::new(ap, window, true).walk()?.runs;
+    runs.sort_unstable();
+    Some(runs)
+}
+
+/// The lowest start and highest end of the byte runs of a pattern that touch
+/// `window` (`Some(None)`: there are none), or `None` past [`EXACT_RUN_LIMIT`] steps.
+fn run_extent(ap: &Ap, window: (i64, i64)) -> Option<Option<(i64, i64)>> {
+    Some(RunWalk::new(ap, window, false).walk()?.extent)
+}
+
+/// A walk over the runs of a pattern that touch a window. Each dim only walks
+/// the indices whose sub-pattern can reach the window, and when only the
+/// extent is wanted the innermost dim is not walked at all, so a narrow
+/// window of a long pattern, or the extent of a one-dim pattern, is cheap.
+struct RunWalk {
+    /// Outer dims as (byte stride, size), outermost first.
+    dims: Vec<(i64, u32)>,
+    /// `inner[k]`: lowest and highest run start reached by dims `k..`, relative to their base.
+    inner: Vec<(i64, i64)>,
+    base: i64,
+    len: i64,
+    window: (i64, i64),
+    collect: bool,
+    runs: Vec<(i64, i64)>,
+    extent: Option<(i64, i64)>,
+    steps: usize,
+}
+
+impl RunWalk {
+    fn new(ap: &Ap, window: (i64, i64), collect: bool) -> RunWalk {
+        let (outer, run) = outer_dims_and_run(ap);
+        let es = ap.dtype.size() as i64;
+        let dims: Vec<(i64, u32)> = outer.iter().map(|d| (d.stride * es, d.size)).collect();
+        let mut inner = vec![(0i64, 0i64); dims.len() + 1];
+        for k in (0..dims.len()).rev() {
+            let (s, n) = dims[k];
+            let reach = s * (n as i64 - 1);
+            inner[k] = (inner[k + 1].0 + reach.min(0), inner[k + 1].1 + reach.max(0));
+        }
+        let base = ap.offset as i64;
+        RunWalk { dims, inner, base, len: run * es, window, collect, runs: Vec::new(), extent: None, steps: 0 }
     }
-    let es = ap.dtype.size() as i64;
-    let len = run * es;
-    let mut out = Vec::new();
-    let mut idx = vec![0u32; dims.len()];
-    let mut off = 0i64;
-    loop {
-        let start = ap.offset as i64 + off * es;
-        if start < window.1 && start + len > window.0 {
-            out.push((start, start + len));
-        }
-        // Odometer over the outer dims, innermost fastest.
-        let mut k = dims.len();
-        loop {
-            if k == 0 {
-                out.sort_unstable();
-                return Some(out);
+
+    fn walk(mut self) -> Option<RunWalk> {
+        self.level(0, self.base)?;
+        Some(self)
+    }
+
+    fn note(&mut self, lo: i64, hi: i64) {
+        self.extent = Some(self.extent.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+    }
+
+    /// Runs of dims `k..` from byte `base`; `None` past the step limit.
+    fn level(&mut self, k: usize, base: i64) -> Option<()> {
+        let Some(&(s, n)) = self.dims.get(k) else {
+            if base < self.window.1 && base + self.len > self.window.0 {
+                if self.collect {
+                    self.runs.push((base, base + self.len));
+                } else {
+                    self.note(base, base + self.len);
+                }
             }
-            k -= 1;
-            idx[k] += 1;
-            off += dims[k].stride;
-            if idx[k] < dims[k].size {
-                break;
-            }
-            off -= dims[k].stride * dims[k].size as i64;
-            idx[k] = 0;
+            return Some(());
+        };
+        let (lo, hi) = self.inner[k + 1];
+        // Index i reaches `[base + i·s + lo, base + i·s + hi + len)`, which must meet the window.
+        let below = self.window.0 - base - hi - self.len; // i·s > below
+        let above = self.window.1 - base - lo; // i·s < above
+        let (first, end) = if s == 0 {
+            // Repeats of the same runs: one is enough.
+            (0, i64::from(below < 0 && 0 < above))
+        } else if s > 0 {
+            (below.div_euclid(s) + 1, (above - 1).div_euclid(s) + 1)
+        } else {
+            let t = -s; // i·t < -below and i·t > -above
+            ((-above).div_euclid(t) + 1, (-below - 1).div_euclid(t) + 1)
+        };
+        let (first, end) = (first.max(0), end.min(n as i64));
+        if first >= end {
+            return Some(());
         }
+        if !self.collect && k + 1 == self.dims.len() {
+            // Every index in range is a run touching the window.
+            let (a, b) = (base + first * s, base + (end - 1) * s);
+            self.note(a.min(b), a.max(b) + self.len);
+            return Some(());
+        }
+        self.steps += (end - first) as usize;
+        if self.steps > EXACT_RUN_LIMIT {
+            return None;
+        }
+        for i in first..end {
+            self.level(k + 1, base + i * s)?;
+        }
+        Some(())
     }
 }
 
-/// Whether two patterns (whose partition ranges intersect) share a byte.
-fn exact_overlap(a: &Ap, b: &Ap) -> bool {
-    let (Some(sa), Some(sb)) = (a.byte_span(), b.byte_span()) else { return false };
-    let window = (sa.0.max(sb.0), sa.1.min(sb.1));
-    let (Some(ra), Some(rb)) = (byte_runs(a, window), byte_runs(b, window)) else { return true };
+/// Whether two strided accesses (whose boxes intersect) share a byte.
+fn exact_overlap(a: &Access, b: &Access) -> bool {
+    let window = (a.span.0.max(b.span.0), a.span.1.min(b.span.1));
+    let (Some(ra), Some(rb)) = (byte_runs(&a.ap, window), byte_runs(&b.ap, window)) else { return true };
     let (mut i, mut j) = (0, 0);
     while i < ra.len() && j < rb.len() {
         if ra[i].1 <= rb[j].0 {
@@ -364,78 +588,4 @@ fn exact_overlap(a: &Ap, b: &Ap) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use trainyard_arch::DType;
-    use trainyard_isa::Engine;
-
-    const VEC: Unit = Unit::Engine(Engine::Vector);
-    const ACT: Unit = Unit::Engine(Engine::Scalar);
-    const POOL: Unit = Unit::Engine(Engine::GpSimd);
-
-    fn cols(c0: u32, n: u32, step: i64) -> Ap {
-        Ap::new(Space::Sbuf, 0, 128, 0, c0 as u64 * 4, &[Dim { stride: step, size: n }], DType::F32)
-    }
-
-    fn ids(v: &[u32]) -> Vec<InstId> {
-        v.iter().map(|&i| InstId(i)).collect()
-    }
-
-    #[test]
-    fn exact_test_separates_even_and_odd_columns() {
-        let even = cols(0, 64, 2);
-        let odd = cols(1, 64, 2);
-        assert!(!exact_overlap(&even, &odd));
-        assert!(exact_overlap(&even, &cols(0, 128, 1)));
-        assert!(exact_overlap(&odd, &cols(63, 1, 1)));
-        assert!(!exact_overlap(&odd, &cols(64, 1, 1)));
-    }
-
-    #[test]
-    fn hbm_runs_include_the_row_axis() {
-        // Columns 0..4 and 4..8 of an 8-wide matrix: boxes intersect, bytes do not.
-        let left = Ap::new(Space::Hbm, 0, 4, 8, 0, &[Dim { stride: 1, size: 4 }], DType::F32);
-        let right = Ap::new(Space::Hbm, 0, 4, 8, 16, &[Dim { stride: 1, size: 4 }], DType::F32);
-        assert!(!exact_overlap(&left, &right));
-        let mut t = DepTracker::default();
-        t.add(0, Unit::Dma(0), &[(left, Role::Write)]);
-        assert_eq!(t.add(1, Unit::Dma(0), &[(right, Role::Write)]), vec![]);
-        assert_eq!(t.add(1, Unit::Dma(1), &[(right, Role::Read)]), ids(&[1]));
-    }
-
-    #[test]
-    fn clock_prunes_transitive_and_same_unit_deps() {
-        let mut t = DepTracker::default();
-        let a = cols(0, 64, 1);
-        let b = cols(64, 64, 1);
-        assert!(t.add(0, VEC, &[(a, Role::Write)]).is_empty()); // 0
-        assert_eq!(t.add(0, ACT, &[(b, Role::Write), (a, Role::Read)]), ids(&[0])); // 1
-                                                                                    // Reads a and b: 1 already waited for 0.
-        assert_eq!(t.add(0, POOL, &[(cols(0, 128, 1), Role::Read)]), ids(&[1])); // 2
-                                                                                 // Same unit as 1: the WAR on 1 is implied, but 2 is on another engine.
-        assert_eq!(t.add(0, ACT, &[(b, Role::Write)]), ids(&[2])); // 3
-    }
-
-    #[test]
-    fn covering_writes_and_reads_replace_records() {
-        let mut t = DepTracker::default();
-        let whole = cols(0, 128, 1);
-        for _ in 0..10 {
-            t.add(0, VEC, &[(whole, Role::Write)]);
-            t.add(0, ACT, &[(cols(0, 64, 1), Role::Read)]);
-            t.add(0, ACT, &[(whole, Role::Read)]);
-        }
-        // The last write and the last covering read of the scalar engine.
-        assert_eq!(t.live_records(), 2);
-    }
-
-    #[test]
-    fn other_cores_sram_is_separate_but_hbm_is_shared() {
-        let mut t = DepTracker::default();
-        let tile = cols(0, 16, 1);
-        let h = Ap::hbm(0, 4, &[16], DType::F32);
-        t.add(0, Unit::Dma(0), &[(tile, Role::Write), (h, Role::Read)]);
-        assert!(t.add(1, Unit::Dma(0), &[(tile, Role::Write)]).is_empty());
-        assert_eq!(t.add(1, Unit::Dma(0), &[(h, Role::Write), (tile, Role::Read)]), ids(&[0]));
-    }
-}
+mod tests;
