@@ -412,36 +412,62 @@ pub const BUNDLED_CHIPS: &[(&str, &str)] = &[
 /// The chip used when none is named.
 pub const DEFAULT_CHIP: &str = "trn2";
 
+/// A spec file kind (chip or GPU): parsed from TOML, then range-checked.
+pub(crate) trait SpecFile: serde::de::DeserializeOwned {
+    /// Checks every value's range; the error names the file and the key.
+    fn check(&self, path: &Path) -> Result<(), SpecError>;
+}
+
+/// Parses and validates a spec; `path` is only used in messages.
+pub(crate) fn parse_spec<T: SpecFile>(text: &str, path: &Path) -> Result<T, SpecError> {
+    let spec: T = toml::from_str(text)
+        .map_err(|e| SpecError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+    spec.check(path)?;
+    Ok(spec)
+}
+
+/// Reads, parses and validates a spec file.
+pub(crate) fn load_spec<T: SpecFile>(path: &Path) -> Result<T, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|error| SpecError::Io { path: path.to_path_buf(), error })?;
+    parse_spec(&text, path)
+}
+
+/// A bundled spec of `table` by name (case-insensitive), or a spec file if
+/// `name_or_path` ends in `.toml`.
+pub(crate) fn named_spec<T: SpecFile>(table: &[(&str, &str)], name_or_path: &str) -> Result<T, SpecError> {
+    if name_or_path.ends_with(".toml") {
+        return load_spec(Path::new(name_or_path));
+    }
+    let lower = name_or_path.to_ascii_lowercase();
+    match table.iter().find(|(n, _)| *n == lower) {
+        Some((n, text)) => parse_spec(text, Path::new(&format!("chips/{n}.toml"))),
+        None => Err(SpecError::Unknown {
+            name: name_or_path.to_string(),
+            known: table.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+impl SpecFile for ChipSpec {
+    fn check(&self, path: &Path) -> Result<(), SpecError> {
+        self.validate(path)
+    }
+}
+
 impl ChipSpec {
     /// Parses and validates a chip spec; `path` is only used in messages.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self, SpecError> {
-        let spec: ChipSpec = toml::from_str(text).map_err(|e| SpecError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
-        spec.validate(path)?;
-        Ok(spec)
+        parse_spec(text, path)
     }
 
     /// Reads, parses and validates a chip file.
     pub fn load(path: &Path) -> Result<Self, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|error| SpecError::Io { path: path.to_path_buf(), error })?;
-        Self::from_toml_str(&text, path)
+        load_spec(path)
     }
 
     /// A bundled chip by name, or a chip file if `name_or_path` ends in `.toml`.
     pub fn by_name(name_or_path: &str) -> Result<Self, SpecError> {
-        if name_or_path.ends_with(".toml") {
-            return Self::load(Path::new(name_or_path));
-        }
-        let lower = name_or_path.to_ascii_lowercase();
-        match BUNDLED_CHIPS.iter().find(|(n, _)| *n == lower) {
-            Some((n, text)) => Self::from_toml_str(text, Path::new(&format!("chips/{n}.toml"))),
-            None => Err(SpecError::Unknown {
-                name: name_or_path.to_string(),
-                known: BUNDLED_CHIPS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-            }),
-        }
+        named_spec(BUNDLED_CHIPS, name_or_path)
     }
 
     /// All bundled chips.

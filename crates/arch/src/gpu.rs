@@ -106,36 +106,26 @@ pub const BUNDLED_GPUS: &[(&str, &str)] = &[
     ("b200", include_str!("../../../chips/b200.toml")),
 ];
 
+impl crate::chip::SpecFile for GpuSpec {
+    fn check(&self, path: &Path) -> Result<(), SpecError> {
+        self.validate(path)
+    }
+}
+
 impl GpuSpec {
     /// Parses and validates a GPU spec; `path` is only used in messages.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self, SpecError> {
-        let spec: GpuSpec = toml::from_str(text).map_err(|e| SpecError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
-        spec.validate(path)?;
-        Ok(spec)
+        crate::chip::parse_spec(text, path)
     }
 
     /// Reads, parses and validates a GPU file.
     pub fn load(path: &Path) -> Result<Self, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|error| SpecError::Io { path: path.to_path_buf(), error })?;
-        Self::from_toml_str(&text, path)
+        crate::chip::load_spec(path)
     }
 
     /// A bundled GPU by name (case-insensitive), or a GPU file if `name_or_path` ends in `.toml`.
     pub fn by_name(name_or_path: &str) -> Result<Self, SpecError> {
-        if name_or_path.ends_with(".toml") {
-            return Self::load(Path::new(name_or_path));
-        }
-        let lower = name_or_path.to_ascii_lowercase();
-        match BUNDLED_GPUS.iter().find(|(n, _)| *n == lower) {
-            Some((n, text)) => Self::from_toml_str(text, Path::new(&format!("chips/{n}.toml"))),
-            None => Err(SpecError::Unknown {
-                name: name_or_path.to_string(),
-                known: BUNDLED_GPUS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-            }),
-        }
+        crate::chip::named_spec(BUNDLED_GPUS, name_or_path)
     }
 
     /// All bundled GPUs.
