@@ -315,10 +315,11 @@ pub fn check_args(kernel: &dyn Kernel, chip: &ChipSpec, args: &KernelArgs) -> Re
             ),
         });
     }
-    if args.cores == 0 || args.cores as u32 > chip.chip.cores {
+    let cores = chip.total_cores();
+    if args.cores == 0 || args.cores as u32 > cores {
         return Err(BuildError::Kernel {
             kernel: kernel.name().to_string(),
-            message: format!("--cores {} is outside 1..={} for {}", args.cores, chip.chip.cores, chip.name),
+            message: format!("--cores {} is outside 1..={cores} for {} x {}", args.cores, chip.chips(), chip.name),
         });
     }
     Ok(())
@@ -358,9 +359,10 @@ pub fn peak_flops(chip: &ChipSpec, dtype: DType, cores: u16) -> f64 {
 }
 
 /// Memory bandwidth available to `cores` cores, bytes/s: their DMA engines,
-/// capped by the chip's HBM (HW-DMA-BW-EFF, HW-CHIP-*-HBM, HW-HBM-SHARE).
+/// capped by the HBM of the chips they span (HW-DMA-BW-EFF, HW-CHIP-*-HBM, HW-HBM-SHARE).
 pub fn memory_bandwidth(chip: &ChipSpec, cores: u16) -> f64 {
-    (chip.core_dma_gbps() * cores as f64).min(chip.chip.hbm_gbps) * 1e9
+    let chips = (cores as u32).div_ceil(chip.chip.cores.max(1)).max(1);
+    (chip.core_dma_gbps() * cores as f64).min(chip.chip.hbm_gbps * chips as f64) * 1e9
 }
 
 /// The roofline bound in ns: the larger of compute time at peak and
