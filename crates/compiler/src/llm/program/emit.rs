@@ -6,6 +6,7 @@ use trainyard_arch::{ChipSpec, DType};
 use trainyard_kernels::library::{self, Bindings, Kernel, KernelArgs};
 use trainyard_kernels::{BuildError, HbmTensor, KernelBuilder, View};
 
+use super::replicate::{splice, Built, Decl};
 use super::shard::{chip_name, shard_name, shards, Shard};
 use super::{
     CacheTensor, DecoderProgram, DecoderSpec, OpCategory, OpSpan, Phase, ProgramError, TensorSource, WeightSlice,
@@ -116,6 +117,11 @@ struct Emitter<'a> {
     op: String,
     /// MLP as one fused kernel (no MLP biases).
     fused_mlp: bool,
+    /// Declare tensors but emit no instructions (layers whose instructions are copied).
+    skip_emit: bool,
+    /// The layer being emitted, and the tensors each layer declared.
+    current_layer: Option<usize>,
+    layer_decls: Vec<Vec<Decl>>,
 }
 
 pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Result<DecoderProgram, ProgramError> {
@@ -123,10 +129,13 @@ pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Res
     let shards = shards(cfg, spec.tp)?;
     let per_chip = chip.chip.cores.max(1);
     let chips = spec.tp.div_ceil(per_chip);
-    if chips > 1 {
+    if chips > chip.chips() {
         return Err(ProgramError::Unsupported {
-            what: format!("tp={} on {}", spec.tp, chip.name),
-            why: format!("a {} chip has {per_chip} cores; multi-chip programs need a multi-chip system", chip.name),
+            what: format!("tp={} on {} × {}", spec.tp, chip.chips(), chip.name),
+            why: format!(
+                "a {} chip has {per_chip} cores: tp={} needs {chips} chips (a multi-chip system, `--chips {chips}`)",
+                chip.name, spec.tp
+            ),
         });
     }
     let mut e = Emitter {
@@ -144,20 +153,57 @@ pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Res
         declared: BTreeMap::new(),
         op: "declarations".into(),
         fused_mlp: !cfg.mlp_bias,
+        skip_emit: false,
+        current_layer: None,
+        layer_decls: Vec::new(),
     };
     e.declare(shards, per_chip)?;
     e.embedding()?;
-    for l in 0..cfg.num_layers {
-        e.layer(l)?;
+    let layers = cfg.num_layers as usize;
+    let reuse = spec.reuse_layers && layers > 3;
+    let mut ranges = Vec::with_capacity(3);
+    for l in 0..layers {
+        e.current_layer = Some(l);
+        e.layer_decls.push(Vec::new());
+        e.skip_emit = reuse && l >= 3;
+        let start = e.kb.next_id().0;
+        e.layer(l as u32)?;
+        ranges.push(start..e.kb.next_id().0);
     }
+    e.current_layer = None;
+    e.skip_emit = false;
     e.head()?;
-    let Emitter { kb, ops, inputs, caches, .. } = e;
-    let program = kb.finish().map_err(|source| ProgramError::Build { op: "validation".into(), source })?;
-    let mut notes = vec![format!(
-        "projection weights are stored [in, out] (the checkpoint's [out, in] transposed at load); {}",
-        if cfg.tie_word_embeddings { "the tied LM head is a transposed copy of the embedding" } else { "" }
-    )];
-    notes.retain(|n| !n.is_empty());
+    let Emitter { mut kb, mut ops, inputs, caches, layer_decls, .. } = e;
+    kb.clear_core_window();
+    let mut notes =
+        vec!["projection weights are stored [in, out] (the checkpoint's [out, in] transposed at load)".to_string()];
+    if cfg.tie_word_embeddings {
+        notes.push("the tied LM head is a transposed copy of the embedding".into());
+    }
+    let program = if reuse {
+        let mut program = kb.finish_unchecked();
+        let built = Built { layers: [ranges[0].clone(), ranges[1].clone(), ranges[2].clone()], decls: layer_decls };
+        if !splice(&mut program, &mut ops, &built, layers) {
+            // Not periodic: emit every layer instead.
+            let mut full = spec.clone();
+            full.reuse_layers = false;
+            let mut dp = build(cfg, chip, &full)?;
+            dp.spec.reuse_layers = true;
+            dp.notes.push("layer reuse did not apply (layer 2 is not layer 1 shifted): every layer was emitted".into());
+            return Ok(dp);
+        }
+        trainyard_isa::validate(&program, chip)
+            .map_err(|v| ProgramError::Build { op: "validation".into(), source: BuildError::from(v) })?;
+        notes.push(format!(
+            "layers 3-{} reuse layer 2's instruction stream (the layer's weights and caches at a fixed address \
+             stride, dependencies at a fixed distance), exact because the builder emitted layer 2 as layer 1 \
+             shifted; every layer is simulated",
+            layers - 1
+        ));
+        program
+    } else {
+        kb.finish().map_err(|source| ProgramError::Build { op: "validation".into(), source })?
+    };
     Ok(DecoderProgram { spec: spec.clone(), program, ops, inputs, caches, notes })
 }
 
@@ -237,14 +283,16 @@ impl Emitter<'_> {
         shape: &[usize],
         dtype: DType,
     ) -> Result<HbmTensor, ProgramError> {
-        debug_assert!(chip < self.chips);
         let t = match kind {
-            trainyard_isa::TensorKind::Input => self.kb.hbm_input(name, shape, dtype),
-            trainyard_isa::TensorKind::Output => self.kb.hbm_output(name, shape, dtype),
-            trainyard_isa::TensorKind::Scratch => self.kb.hbm_scratch(name, shape, dtype),
+            trainyard_isa::TensorKind::Input => self.kb.hbm_input_on(chip, name, shape, dtype),
+            trainyard_isa::TensorKind::Output => self.kb.hbm_output_on(chip, name, shape, dtype),
+            trainyard_isa::TensorKind::Scratch => self.kb.hbm_scratch_on(chip, name, shape, dtype),
         };
         let t = t.map_err(|e| self.err(e))?;
         self.declared.insert(name.to_string(), t.clone());
+        if let (Some(_), Some(decls)) = (self.current_layer, self.layer_decls.last_mut()) {
+            decls.push(Decl { chip, offset: t.offset(), bytes: t.bytes() });
+        }
         Ok(t)
     }
 
@@ -373,7 +421,7 @@ impl Emitter<'_> {
         let start = self.kb.next_id().0;
         body(self)?;
         let end = self.kb.next_id().0;
-        if end > start {
+        if end > start && !self.skip_emit {
             self.ops.push(OpSpan { label: label.to_string(), category, layer, insts: start..end });
         }
         Ok(())
@@ -390,15 +438,13 @@ impl Emitter<'_> {
         self.op(label, category, layer, |e| (0..e.ranks.len()).try_for_each(|r| body(e, r)))
     }
 
-    /// Sends the following instructions to `core` alone.
+    /// Sends the following instructions to `core` alone: library kernels emitted with
+    /// `cores = 1` then run there.
     fn enter(&mut self, core: u16) -> Result<(), ProgramError> {
-        if core == 0 {
+        if self.skip_emit {
             return Ok(());
         }
-        Err(ProgramError::Unsupported {
-            what: format!("rank on core {core}"),
-            why: "library kernels cannot be placed on one core of several yet (tp > 1 needs core windows)".into(),
-        })
+        self.kb.set_core_window(core, 1).map_err(|e| self.err(e))
     }
 
     /// Emits library kernel `which` on rank `r`'s core.
@@ -409,16 +455,22 @@ impl Emitter<'_> {
         args: &KernelArgs,
         io: &[(&str, &HbmTensor)],
     ) -> Result<(), ProgramError> {
+        if self.skip_emit {
+            return Ok(());
+        }
         self.enter(self.ranks[r].core)?;
         let kernel = which(&self.ks);
         let done = kernel.emit(&mut self.kb, args, &bind(io));
         done.map(|_| ()).map_err(|e| self.err(e))
     }
 
-    /// A DMA on rank `r`'s core.
-    fn dma(&mut self, r: usize, dst: View, src: View) -> Result<(), ProgramError> {
+    /// A DMA on queue `queue` of rank `r`'s core (fixed queues: every layer issues the same stream).
+    fn dma(&mut self, r: usize, queue: u8, dst: View, src: View) -> Result<(), ProgramError> {
+        if self.skip_emit {
+            return Ok(());
+        }
         self.enter(self.ranks[r].core)?;
-        let done = self.kb.dma(dst, src);
+        let done = self.kb.dma_on(queue, dst, src);
         done.map(|_| ()).map_err(|e| self.err(e))
     }
 
@@ -428,7 +480,7 @@ impl Emitter<'_> {
 
     /// Sums `parts` (one per rank) into every part.
     fn all_reduce(&mut self, label: &str, layer: Option<u32>, _parts: Vec<HbmTensor>) -> Result<(), ProgramError> {
-        if self.spec.tp == 1 {
+        if self.spec.tp == 1 || self.skip_emit {
             return Ok(());
         }
         Err(ProgramError::Unsupported {
@@ -613,15 +665,15 @@ impl Emitter<'_> {
                     let (k, v) = (e.ranks[r].k.view(), e.ranks[r].v.view());
                     let (kc, vc) = &caches[r];
                     let bshd = [b, s, hkv, d];
-                    e.dma(r, kc.view(), k.reshape(&bshd).permute(&[0, 2, 1, 3]))?;
-                    e.dma(r, vc.view(), v.reshape(&bshd).permute(&[0, 2, 1, 3]))
+                    e.dma(r, 0, kc.view(), k.reshape(&bshd).permute(&[0, 2, 1, 3]))?;
+                    e.dma(r, 1, vc.view(), v.reshape(&bshd).permute(&[0, 2, 1, 3]))
                 })?;
                 self.each_rank("q_layout", OpCategory::Layout, at, |e, r| {
                     let (hq, _) = heads(e, r);
                     let qt = e.ranks[r].qt.clone().map(|t| t.view());
                     let q = e.ranks[r].q.view().reshape(&[b, s, hq, d]).permute(&[0, 2, 1, 3]);
                     match qt {
-                        Some(qt) => e.dma(r, qt, q),
+                        Some(qt) => e.dma(r, 2, qt, q),
                         None => Ok(()),
                     }
                 })?;
@@ -640,7 +692,7 @@ impl Emitter<'_> {
                     let ot = e.ranks[r].ot.clone().map(|t| t.view());
                     let attn = e.ranks[r].attn.view().reshape(&[b, s, hq, d]).permute(&[0, 2, 1, 3]);
                     match ot {
-                        Some(ot) => e.dma(r, attn, ot),
+                        Some(ot) => e.dma(r, 3, attn, ot),
                         None => Ok(()),
                     }
                 })
@@ -651,8 +703,8 @@ impl Emitter<'_> {
                     let (k, v) = (e.ranks[r].k.view(), e.ranks[r].v.view());
                     let (kc, vc) = &caches[r];
                     let slot = cache - 1..cache;
-                    e.dma(r, kc.view().slice(2, slot.clone()), k.reshape(&[b, hkv, 1, d]))?;
-                    e.dma(r, vc.view().slice(2, slot), v.reshape(&[b, hkv, 1, d]))
+                    e.dma(r, 0, kc.view().slice(2, slot.clone()), k.reshape(&[b, hkv, 1, d]))?;
+                    e.dma(r, 1, vc.view().slice(2, slot), v.reshape(&[b, hkv, 1, d]))
                 })?;
                 self.each_rank("attention", OpCategory::Attention, at, |e, r| {
                     let (hq, hkv) = heads(e, r);
@@ -753,7 +805,7 @@ impl Emitter<'_> {
             self.each_rank("last_rows", OpCategory::Layout, None, |e, r| {
                 let src = e.ranks[r].x.view().reshape(&[b, s, h]).at(1, s - 1);
                 let dst = e.ranks[r].last.view();
-                e.dma(r, dst, src)
+                e.dma(r, 0, dst, src)
             })?;
         }
         self.each_rank("final_norm", OpCategory::Norm, None, |e, r| {

@@ -46,6 +46,7 @@ use super::reference::HostWeight;
 
 mod emit;
 mod host;
+mod replicate;
 pub mod shard;
 
 pub use host::HostCache;
@@ -103,6 +104,9 @@ pub struct DecoderSpec {
     pub dtype: DType,
     /// Tensor-parallel degree: ranks `0..tp` run on cores `0..tp` (chip `r / cores per chip`).
     pub tp: u32,
+    /// Emit layers 0–2 through the builder and copy layer 2's instructions for the others
+    /// when that is exact (see `replicate`); `false` emits every layer.
+    pub reuse_layers: bool,
 }
 
 /// What an op does, for time shares.

@@ -60,10 +60,16 @@ fn generate(cfg: &LlmConfig, weights: &WeightMap, prompts: &[Vec<u32>], steps: u
     let mut cache = HostCache::new(cfg, batch);
     let mut out = Vec::new();
     let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
-    let spec = DecoderSpec { phase: Phase::Prefill { len }, batch, dtype: DType::F32, tp };
+    let spec = DecoderSpec { phase: Phase::Prefill { len }, batch, dtype: DType::F32, tp, reuse_layers: true };
     out.push(run_step(cfg, weights, &spec, &flat, &mut cache));
     for step in 1..steps {
-        let spec = DecoderSpec { phase: Phase::Decode { context: len + step }, batch, dtype: DType::F32, tp };
+        let spec = DecoderSpec {
+            phase: Phase::Decode { context: len + step },
+            batch,
+            dtype: DType::F32,
+            tp,
+            reuse_layers: true,
+        };
         let prev = out[step - 1].tokens.clone();
         out.push(run_step(cfg, weights, &spec, &prev, &mut cache));
     }
@@ -107,7 +113,8 @@ fn tiny_qwen2_with_bias_and_tied_head_matches_the_reference() {
 #[test]
 fn programs_record_their_ops() {
     let c = cfg("tiny-llama");
-    let spec = DecoderSpec { phase: Phase::Decode { context: 9 }, batch: 2, dtype: DType::Bf16, tp: 1 };
+    let spec =
+        DecoderSpec { phase: Phase::Decode { context: 9 }, batch: 2, dtype: DType::Bf16, tp: 1, reuse_layers: true };
     let dp = build_decoder(&c, &chip(), &spec).unwrap_or_else(|e| panic!("{e}"));
     let n = dp.program.insts.len() as u32;
     // Spans are disjoint, in order, and cover every instruction.
@@ -145,7 +152,9 @@ fn programs_record_their_ops() {
 #[test]
 fn bad_requests_are_named_errors() {
     let c = cfg("tiny-llama");
-    let build = |phase, batch, tp| build_decoder(&c, &chip(), &DecoderSpec { phase, batch, dtype: DType::Bf16, tp });
+    let build = |phase, batch, tp| {
+        build_decoder(&c, &chip(), &DecoderSpec { phase, batch, dtype: DType::Bf16, tp, reuse_layers: true })
+    };
     assert!(matches!(build(Phase::Prefill { len: 4 }, 0, 1), Err(ProgramError::Invalid { what: "batch", .. })));
     assert!(matches!(build(Phase::Decode { context: 0 }, 1, 1), Err(ProgramError::Invalid { .. })));
     assert!(matches!(build(Phase::Decode { context: 4096 }, 1, 1), Err(ProgramError::Invalid { what: "context", .. })));
@@ -154,7 +163,42 @@ fn bad_requests_are_named_errors() {
     let e = build_decoder(
         &m,
         &chip(),
-        &DecoderSpec { phase: Phase::Decode { context: 5000 }, batch: 1, dtype: DType::Bf16, tp: 8 },
+        &DecoderSpec {
+            phase: Phase::Decode { context: 5000 },
+            batch: 1,
+            dtype: DType::Bf16,
+            tp: 8,
+            reuse_layers: true,
+        },
     );
     assert!(matches!(e, Err(ProgramError::Unsupported { .. })), "{e:?}");
+}
+
+/// `tiny-llama` with `layers` layers.
+fn deep_tiny(layers: u32) -> LlmConfig {
+    let text = include_str!("../../../../../models/tiny-llama/config.json")
+        .replace("\"num_hidden_layers\": 2", &format!("\"num_hidden_layers\": {layers}"));
+    LlmConfig::from_json_str(&text, "tiny-llama-deep").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Layer reuse gives exactly the program a full build gives (instructions, dependencies,
+/// tensors, op spans), and says so.
+#[test]
+fn reused_layers_equal_a_full_build() {
+    let c = deep_tiny(6);
+    for phase in [Phase::Prefill { len: 130 }, Phase::Decode { context: 300 }] {
+        let spec = DecoderSpec { phase, batch: 2, dtype: DType::Bf16, tp: 1, reuse_layers: true };
+        let reused = build_decoder(&c, &chip(), &spec).unwrap_or_else(|e| panic!("{e}"));
+        let full = build_decoder(&c, &chip(), &DecoderSpec { reuse_layers: false, ..spec.clone() })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(reused.notes.iter().any(|n| n.contains("layers 3-5 reuse")), "{phase:?}: {:?}", reused.notes);
+        assert_eq!(reused.program.tensors, full.program.tensors, "{phase:?}");
+        assert_eq!(reused.program.insts.len(), full.program.insts.len(), "{phase:?}");
+        for (i, (a, b)) in reused.program.insts.iter().zip(&full.program.insts).enumerate() {
+            assert_eq!(a, b, "{phase:?}: instruction {i}");
+        }
+        assert_eq!(reused.ops, full.ops, "{phase:?}");
+        assert_eq!(reused.inputs, full.inputs, "{phase:?}");
+        assert_eq!(reused.caches, full.caches, "{phase:?}");
+    }
 }
