@@ -2,7 +2,7 @@
 //! current core, DMA queue choice, and appending instructions with their
 //! dependencies. The instruction methods live in `insts.rs`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -250,6 +250,8 @@ pub struct KernelBuilder {
     core: u16,
     /// `(base, count)`: `core(c)` selects absolute core `base + c`.
     window: (u16, u16),
+    /// Scratch tensors handed out again by key (see [`KernelBuilder::hbm_workspace`]).
+    workspaces: HashMap<(u32, String), HbmTensor>,
     dma_queues: Vec<u8>,
     deps: DepTracker,
     next_serial: u64,
@@ -270,6 +272,7 @@ impl KernelBuilder {
             cores: Vec::new(),
             core: 0,
             window: (0, chip.total_cores().min(u16::MAX as u32) as u16),
+            workspaces: HashMap::new(),
             dma_queues: (0..queues).collect(),
             deps: DepTracker::default(),
             next_serial: (BUILDERS.fetch_add(1, Ordering::Relaxed) as u64) << 32,
@@ -335,6 +338,40 @@ impl KernelBuilder {
     /// Makes every core selectable again (window `(0, all cores)`), keeping the current core.
     pub fn clear_core_window(&mut self) {
         self.window = self.full_window();
+    }
+
+    /// The core window and absolute current core, for [`KernelBuilder::restore_cores`].
+    pub(crate) fn save_cores(&self) -> ((u16, u16), u16) {
+        (self.window, self.core)
+    }
+
+    /// Puts back what [`KernelBuilder::save_cores`] returned.
+    pub(crate) fn restore_cores(&mut self, (window, core): ((u16, u16), u16)) {
+        self.window = window;
+        self.core = core;
+    }
+
+    /// A scratch tensor of at least `bytes` bytes (`u8`) in chip `chip`'s HBM,
+    /// kept under `key`: later calls with the same chip and key get the same
+    /// tensor back while it is large enough (the builder orders the reuse by
+    /// its dependencies), so a library routine called once per layer does
+    /// not grow HBM use per call.
+    pub fn hbm_workspace(&mut self, chip: u32, key: &str, bytes: u64) -> Result<HbmTensor, BuildError> {
+        let slot = (chip, key.to_string());
+        if let Some(t) = self.workspaces.get(&slot).filter(|t| t.bytes() >= bytes) {
+            return Ok(t.clone());
+        }
+        let mut n = 0;
+        let name = loop {
+            let name = format!("{key}.chip{chip}.{n}");
+            if !self.names.contains(&name) {
+                break name;
+            }
+            n += 1;
+        };
+        let t = self.declare(chip, &name, &[bytes.max(1) as usize], DType::U8, TensorKind::Scratch)?;
+        self.workspaces.insert(slot, t.clone());
+        Ok(t)
     }
 
     /// Sets the DMA queues [`KernelBuilder::dma`] rotates over (default `0..4`).

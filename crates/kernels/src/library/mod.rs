@@ -17,6 +17,7 @@ use crate::builder::{HbmTensor, KernelBuilder};
 use crate::error::BuildError;
 
 pub mod attention;
+pub mod collective;
 pub mod elementwise;
 pub mod matmul;
 pub mod misc;
@@ -275,6 +276,11 @@ pub trait Kernel: Send + Sync {
     fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError>;
     /// Host reference in f64 from the program's inputs (values as stored on the device).
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError>;
+    /// For collectives: the message size and bus-bandwidth factor that turn
+    /// a run's time into algorithm and bus bandwidth. `None` for other kernels.
+    fn collective_size(&self, _args: &KernelArgs) -> Option<collective::CollectiveSize> {
+        None
+    }
     /// Accepted error against the reference.
     fn tolerance(&self, args: &KernelArgs) -> Tolerance {
         Tolerance::for_dtype(args.dtype)
@@ -293,6 +299,7 @@ pub fn registry() -> Vec<Box<dyn Kernel>> {
     all.extend(norms::kernels());
     all.extend(attention::kernels());
     all.extend(misc::kernels());
+    all.extend(collective::kernels());
     all
 }
 
