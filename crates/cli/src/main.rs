@@ -9,6 +9,7 @@ macro_rules! say {
 }
 
 mod bench;
+mod compare;
 mod kernels;
 mod llm;
 mod model;
@@ -48,17 +49,23 @@ enum Command {
     },
     /// Run a program on a simulated chip.
     Run(RunArgs),
-    /// Run the bundled demo kernel on the default chip and print its profile.
+    /// The demo: `compare` on Llama-3.1-8B (batch 1, 2048 in / 256 out); `--matmul` runs the kernel demo instead.
     Demo {
-        /// Chip name or chip TOML file.
+        /// Run the tiled bf16 matmul kernel demo (values checked, profile, Perfetto trace) instead.
+        #[arg(long)]
+        matmul: bool,
+        /// Chip of the matmul demo (name or chip TOML file).
         #[arg(long, default_value = DEFAULT_CHIP)]
         chip: String,
-        /// Where to write the Perfetto trace.
+        /// Where the matmul demo writes its Perfetto trace.
         #[arg(long, default_value = "trainyard-demo.trace.json")]
         trace: PathBuf,
         /// Matmul size M×K×N.
         #[arg(long, default_value = "512x1024x1024")]
         shape: String,
+        /// Sequences in flight (comparison demo).
+        #[arg(long, default_value_t = 1)]
+        batch: u32,
     },
     /// Convert a program between text and binary forms (by output extension: `.tyb` binary, else text).
     Convert {
@@ -105,11 +112,81 @@ enum Command {
     },
     /// LLM prefill and decode programs from the kernel library on simulated chips: TTFT, TPOT, tokens/s.
     Llm(llm::LlmArgs),
+    /// One LLM serving workload on every chip (Neuron simulated, GPUs analytic), priced, against h100.
+    Compare(CompareArgs),
     /// Benchmarks that print figures measured in this run.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Bundled model name (e.g. llama-3.1-8b; see models/).
+    #[arg(long)]
+    model: Option<String>,
+    /// Any Hugging Face config.json.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Sequences in flight.
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 2048)]
+    input_len: u64,
+    /// Generated tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    output_len: u64,
+    /// Weight, KV-cache and activation dtype.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Price kind for every row: capacity-block (default), on-demand or reserved.
+    #[arg(long, default_value = "capacity-block")]
+    price: String,
+    /// Only these chips (repeatable), e.g. --chip trn2 --chip h100.
+    #[arg(long)]
+    chip: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_price_kind(text: &str) -> Result<trainyard_arch::PriceKind> {
+    use trainyard_arch::PriceKind;
+    match text.to_ascii_lowercase().replace('_', "-").as_str() {
+        "capacity-block" | "cb" => Ok(PriceKind::CapacityBlock),
+        "on-demand" | "od" => Ok(PriceKind::OnDemand),
+        "reserved" | "ri" => Ok(PriceKind::Reserved),
+        _ => bail!("--price `{text}`: expected capacity-block, on-demand or reserved"),
+    }
+}
+
+fn compare_cmd(args: CompareArgs) -> Result<()> {
+    let cfg = match (args.model.as_deref(), args.config.as_deref()) {
+        (_, Some(path)) => trainyard_compiler::llm::LlmConfig::load(path)?,
+        (Some(name), None) => trainyard_compiler::llm::LlmConfig::bundled(name)?,
+        (None, None) => bail!(
+            "give --model NAME or --config FILE (bundled: {})",
+            trainyard_compiler::llm::bundled_names().join(", ")
+        ),
+    };
+    let req = compare::CompareRequest {
+        cfg,
+        batch: args.batch,
+        input_len: args.input_len,
+        output_len: args.output_len,
+        dtype: args.dtype.parse()?,
+        price: parse_price_kind(&args.price)?,
+        only: args.chip,
+    };
+    let c = compare::compare(&req)?;
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        compare::print(&c);
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -239,7 +316,22 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Chips { json } => chips(json),
         Command::Check { program, chip } => check(&program, &chip),
         Command::Run(args) => run(args),
-        Command::Demo { chip, trace, shape } => demo(&chip, &trace, &shape),
+        Command::Demo { matmul: true, chip, trace, shape, .. } => demo(&chip, &trace, &shape),
+        Command::Demo { matmul: false, batch, .. } => {
+            say!("trainyard demo: Llama-3.1-8B served on every chip (`trainyard compare --model llama-3.1-8b`)");
+            compare_cmd(CompareArgs {
+                model: Some("llama-3.1-8b".into()),
+                config: None,
+                batch,
+                input_len: 2048,
+                output_len: 256,
+                dtype: "bf16".into(),
+                price: "capacity-block".into(),
+                chip: Vec::new(),
+                json: false,
+            })
+        }
+        Command::Compare(args) => compare_cmd(args),
         Command::Convert { input, output } => convert(&input, &output),
         Command::Bench { what: BenchWhat::Sim { json, quick } } => bench::sim(json, quick),
         Command::Bench { what: BenchWhat::Kernels { json, quick } } => kernels::bench_suite(json, quick),
