@@ -9,6 +9,7 @@ macro_rules! say {
 }
 
 mod bench;
+mod bench_llm;
 mod compare;
 mod kernels;
 mod llm;
@@ -253,6 +254,15 @@ enum BenchWhat {
         #[arg(long)]
         quick: bool,
     },
+    /// Wall time of the LLM decode steps the speed targets name (8B on one trn2, 70B on 64 cores).
+    Llm {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The 8B case only.
+        #[arg(long)]
+        quick: bool,
+    },
     /// The fixed kernel suite against the chips' peaks and rooflines (timed-only).
     Kernels {
         /// Print JSON.
@@ -334,6 +344,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Compare(args) => compare_cmd(args),
         Command::Convert { input, output } => convert(&input, &output),
         Command::Bench { what: BenchWhat::Sim { json, quick } } => bench::sim(json, quick),
+        Command::Bench { what: BenchWhat::Llm { json, quick } } => bench_llm::llm(json, quick),
         Command::Bench { what: BenchWhat::Kernels { json, quick } } => kernels::bench_suite(json, quick),
         Command::Kernels { json } => kernels::list(json),
         Command::Llm(args) => llm::llm(args),
