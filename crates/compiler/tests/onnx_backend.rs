@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use trainyard_compiler::onnx::conformance::{run_dir, run_light_model, Interpreter, Outcome};
+use trainyard_compiler::onnx::conformance::{run_dir, run_light_model, Interpreter, OptimizedInterpreter, Outcome};
 use trainyard_compiler::onnx::supported_ops;
 
 /// Features of supported ops that the interpreter does not implement, each with the
@@ -77,6 +77,27 @@ fn node_tests_on_the_interpreter() {
     assert_eq!(totals.total(), 1765, "the onnx 1.22.0 wheel has 1765 node test cases");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(totals.passed >= 1090, "fewer node tests pass than before: {totals:?}");
+}
+
+#[test]
+fn node_tests_after_the_optimization_passes() {
+    let plain = run_dir(&data_dir().join("node"), &Interpreter).expect("node test directory");
+    let optimized = run_dir(&data_dir().join("node"), &OptimizedInterpreter).expect("node test directory");
+    let (p, o) = (plain.totals(), optimized.totals());
+    println!(
+        "after fold / dead code / fusion / layouts: {} passed, {} failed, {} unsupported",
+        o.passed, o.failed, o.unsupported
+    );
+    let failures: Vec<String> = optimized
+        .cases
+        .iter()
+        .filter_map(|c| match &c.outcome {
+            Outcome::Failed(why) => Some(format!("{}: {why}", c.name)),
+            _ => None,
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(p, o);
 }
 
 #[test]

@@ -48,6 +48,22 @@ impl Backend for Interpreter {
     }
 }
 
+/// The reference interpreter run on the graph after [`crate::passes::optimize`]: checks
+/// that the passes keep every result.
+pub struct OptimizedInterpreter;
+
+impl Backend for OptimizedInterpreter {
+    fn name(&self) -> &str {
+        "interpreter (optimized graph)"
+    }
+
+    fn run(&self, graph: &Graph, inputs: &HashMap<String, Tensor>) -> Result<Vec<Tensor>, RunFailure> {
+        let mut g = graph.clone();
+        crate::passes::optimize(&mut g).map_err(|e| RunFailure::Failed(e.to_string()))?;
+        Interpreter.run(&g, inputs)
+    }
+}
+
 /// How one case ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
