@@ -11,6 +11,7 @@ macro_rules! say {
 mod bench;
 mod kernels;
 mod model;
+mod onnx;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -102,6 +103,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run an ONNX model on the reference interpreter.
+    Interpret(onnx::InterpretArgs),
+    /// Run an ONNX backend test directory and print passed / failed / unsupported per op.
+    OnnxConformance(onnx::ConformanceArgs),
     /// Benchmarks that print figures measured in this run.
     Bench {
         #[command(subcommand)]
@@ -241,6 +246,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench { what: BenchWhat::Sim { json, quick } } => bench::sim(json, quick),
         Command::Bench { what: BenchWhat::Kernels { json, quick } } => kernels::bench_suite(json, quick),
         Command::Kernels { json } => kernels::list(json),
+        Command::Interpret(args) => onnx::interpret(args),
+        Command::OnnxConformance(args) => onnx::conformance(args),
         Command::Model { model, config, dtype, batch, input_len, output_len, json } => {
             model::model(model.as_deref(), config.as_deref(), &dtype, batch, input_len, output_len, json)
         }

@@ -69,6 +69,12 @@ pub(super) fn runtime_inputs(model: &Model) -> Vec<InputInfo> {
 }
 
 fn check_opsets(model: &Model) -> Result<(), OnnxError> {
+    if !model.proto.opset_import.iter().any(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+        return Err(OnnxError::Model {
+            what: model.source.clone(),
+            reason: "the model imports no ai.onnx opset".into(),
+        });
+    }
     for o in &model.proto.opset_import {
         if (o.domain.is_empty() || o.domain == "ai.onnx") && !(MIN_OPSET..=MAX_OPSET).contains(&o.version) {
             return Err(OnnxError::Opset {
@@ -225,7 +231,7 @@ pub(super) fn import(model: &Model, opts: &ImportOptions) -> Result<Graph, OnnxE
             return Err(io_err(
                 "input",
                 &info.name,
-                format!("declared shape {:?} does not admit {shape:?}", info.dims),
+                format!("declared shape {} does not admit {shape:?}", dims_text(&info.dims)),
             ));
         }
         let id = if let Some(v) = opts.input_values.get(&info.name) {
@@ -262,12 +268,18 @@ pub(super) fn import(model: &Model, opts: &ImportOptions) -> Result<Graph, OnnxE
             && (decl.dims.len() != ty.rank()
                 || decl.dims.iter().zip(&ty.shape).any(|(d, s)| d.is_some_and(|d| d != *s)))
         {
-            return Err(io_err("output", &o.name, format!("declared shape {:?}, computed {ty}", decl.dims)));
+            return Err(io_err("output", &o.name, format!("declared shape {}, computed {ty}", dims_text(&decl.dims))));
         }
         graph.outputs.push(id);
     }
     graph.verify().map_err(|e| OnnxError::Model { what: model.source.clone(), reason: e.to_string() })?;
     Ok(graph)
+}
+
+/// `[2, ?, 3]`: declared dimensions, unknown ones as `?`.
+fn dims_text(dims: &[Option<usize>]) -> String {
+    let d: Vec<String> = dims.iter().map(|d| d.map_or("?".to_string(), |d| d.to_string())).collect();
+    format!("[{}]", d.join(", "))
 }
 
 fn graph_input_has_shape(g: &GraphProto, name: &str) -> bool {

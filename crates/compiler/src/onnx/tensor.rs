@@ -133,6 +133,11 @@ fn read_external(t: &TensorProto, name: &str, base_dir: Option<&Path>) -> Result
     })
 }
 
+/// A serialized `TensorProto` (the format of test data `.pb` files).
+pub fn encode_tensor(name: &str, t: &Tensor) -> Vec<u8> {
+    tensor_to_proto(name, t).encode_to_vec()
+}
+
 /// Encodes a tensor as a `TensorProto` with raw data (for tests and tools).
 pub fn tensor_to_proto(name: &str, t: &Tensor) -> TensorProto {
     TensorProto {
