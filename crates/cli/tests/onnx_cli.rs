@@ -122,3 +122,50 @@ fn onnx_conformance_counts_passed_failed_and_unsupported() {
     assert!(text.contains("unsupported op Frobnicate"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The tiny models `scripts/export_tiny_models.py` writes to `models/` (once committed):
+/// each must reproduce its PyTorch sample output on the interpreter.
+#[test]
+fn bundled_tiny_models_match_their_pytorch_samples() {
+    let models_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let mut found = 0;
+    for name in ["tiny-gpt2", "tiny-llama", "tiny-cnn"] {
+        let model = models_dir.join(format!("{name}.onnx"));
+        if !model.exists() {
+            println!("{} is not there yet: scripts/export_tiny_models.py writes it", model.display());
+            continue;
+        }
+        found += 1;
+        let files: Vec<PathBuf> =
+            std::fs::read_dir(&models_dir).unwrap().filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let pick = |kind: &str| -> Vec<(String, PathBuf)> {
+            let prefix = format!("{name}.{kind}.");
+            files
+                .iter()
+                .filter_map(|p| {
+                    let f = p.file_name()?.to_str()?;
+                    Some((f.strip_prefix(&prefix)?.strip_suffix(".npy")?.to_string(), p.clone()))
+                })
+                .collect()
+        };
+        let out = scratch(name);
+        let mut cmd = bin();
+        cmd.args(["interpret", model.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        for (input, path) in pick("in") {
+            cmd.arg("--input").arg(format!("{input}={}", path.display()));
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let expected = pick("out");
+        assert!(!expected.is_empty(), "{name}: no sample outputs");
+        for (output, path) in expected {
+            let (got, want) = (read_npy(&out.join(format!("{output}.npy"))).unwrap(), read_npy(&path).unwrap());
+            assert_eq!(got.shape, want.shape, "{name} {output}");
+            for (i, (a, b)) in got.to_f32().iter().zip(want.to_f32()).enumerate() {
+                assert!((a - b).abs() <= 1e-4 + 1e-3 * b.abs(), "{name} {output}[{i}]: {a} vs {b}");
+            }
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    println!("{found} tiny models checked against their samples");
+}
