@@ -25,8 +25,6 @@ const KNOWN_GAPS: &[(&str, &str)] = &[
     ("unsupported type string", "string tensors are not modelled"),
     ("unsupported type a sequence", "sequence values are not modelled"),
     ("unsupported type an optional", "optional values are not modelled"),
-    ("Resize mode `cubic`", "cubic interpolation is not implemented"),
-    ("Resize with antialias", "antialiased resize is not implemented"),
     ("training-mode Dropout", "random masks cannot match the reference's generator"),
     ("training-mode BatchNormalization", "only inference BatchNormalization is implemented"),
     ("column-major storage_order", "MaxPool indices are row-major only"),

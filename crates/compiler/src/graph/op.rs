@@ -283,12 +283,17 @@ pub enum ReduceKind {
 }
 
 /// Resize interpolation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ResizeMode {
     /// Nearest neighbour with the given rounding of the source coordinate.
     Nearest(NearestRounding),
     /// (Multi-)linear interpolation.
     Linear,
+    /// Cubic convolution with coefficient `a` (−0.75 in ONNX, −0.5 in some exporters).
+    Cubic {
+        /// The cubic coefficient.
+        a: f64,
+    },
 }
 
 /// How `Resize` nearest mode rounds a source coordinate.
@@ -336,6 +341,10 @@ pub struct Resize {
     pub roi: Vec<(f64, f64)>,
     /// Value for samples outside the input (`TfCropAndResize`).
     pub extrapolation_value: f64,
+    /// Give zero weight to taps outside the input (and renormalize).
+    pub exclude_outside: bool,
+    /// Widen the linear/cubic kernel by 1/scale when downsampling.
+    pub antialias: bool,
 }
 
 /// `Pad` modes.

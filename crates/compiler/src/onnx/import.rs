@@ -69,10 +69,12 @@ pub(super) fn runtime_inputs(model: &Model) -> Vec<InputInfo> {
 }
 
 fn check_opsets(model: &Model) -> Result<(), OnnxError> {
-    if !model.proto.opset_import.iter().any(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+    let imports_default = model.proto.opset_import.iter().any(|o| o.domain.is_empty() || o.domain == "ai.onnx");
+    let uses_default = graph_of(model).node.iter().any(|n| n.domain.is_empty() || n.domain == "ai.onnx");
+    if uses_default && !imports_default {
         return Err(OnnxError::Model {
             what: model.source.clone(),
-            reason: "the model imports no ai.onnx opset".into(),
+            reason: "the graph has ai.onnx nodes but the model imports no ai.onnx opset".into(),
         });
     }
     for o in &model.proto.opset_import {

@@ -398,12 +398,9 @@ pub(super) fn resize(c: &Ctx) -> PResult<Parsed> {
     let mode = match mode_name.as_str() {
         "nearest" => ResizeMode::Nearest(if c.version < 11 { NearestRounding::Floor } else { nearest }),
         "linear" | "bilinear" | "trilinear" => ResizeMode::Linear,
-        "cubic" => return Err(c.unsupported("Resize mode `cubic`")),
+        "cubic" => ResizeMode::Cubic { a: c.float("cubic_coeff_a", -0.75)? },
         other => return Err(c.attr_err("mode", format!("unknown value `{other}`"))),
     };
-    if c.version >= 18 && c.flag("antialias", false)? {
-        return Err(c.unsupported("Resize with antialias"));
-    }
     let coordinate = if c.version < 11 {
         CoordinateMode::Asymmetric
     } else {
@@ -489,6 +486,8 @@ pub(super) fn resize(c: &Ctx) -> PResult<Parsed> {
         scales: out_scales,
         roi: roi_full,
         extrapolation_value: c.float("extrapolation_value", 0.0)?,
+        exclude_outside: c.version >= 11 && c.flag("exclude_outside", false)?,
+        antialias: c.version >= 18 && c.flag("antialias", false)?,
     });
     Ok(Parsed::op(op, vec![0]))
 }
@@ -513,6 +512,8 @@ pub(super) fn upsample(c: &Ctx) -> PResult<Parsed> {
         roi: vec![(0.0, 1.0); scales.len()],
         scales,
         extrapolation_value: 0.0,
+        exclude_outside: false,
+        antialias: false,
     });
     Ok(Parsed::op(op, vec![0]))
 }
