@@ -1,6 +1,11 @@
 //! `trainyard-compiler`: from models to device programs.
 //!
-//! Today it holds [`llm`]: Hugging Face `config.json` import for the Llama, Mistral, Mixtral
+//! [`onnx`] imports ONNX models into the [`graph`] IR (static shapes and types, shape
+//! inference), [`interp`] runs a graph on the host (the reference for every device
+//! test) and [`passes`] folds constants, removes dead code, fuses elementwise chains
+//! and MatMul+Add(+activation) and chooses partition-axis layouts.
+//!
+//! [`llm`] holds Hugging Face `config.json` import for the Llama, Mistral, Mixtral
 //! and Qwen2/Qwen3 families, parameter / FLOP / KV-cache accounting, and a per-core memory
 //! plan for tensor-parallel inference (`--tp auto`).
 //!
@@ -23,4 +28,8 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod graph;
+pub mod interp;
 pub mod llm;
+pub mod onnx;
+pub mod passes;
