@@ -36,13 +36,16 @@ pub fn kernels() -> Vec<Box<dyn Kernel>> {
     vec![Box::new(AllReduce), Box::new(AllGather), Box::new(ReduceScatter), Box::new(AllToAll)]
 }
 
-/// Free elements per partition of one SBUF piece (f32: 4 KiB per partition,
-/// 512 KiB per piece): large enough that per-transfer costs are small, small
-/// enough that a core's pools stay under 40 KiB per partition.
-const PIECE_COLS: usize = 1024;
-/// Buffers per SBUF pool: enough for loads of the next piece to overlap the add
-/// and store of the current one.
+/// Free elements per partition of one piece: an f32 partial sum of
+/// `[128, 512]` is one 2 KiB PSUM bank; a bf16 piece is 128 KiB, large
+/// enough that per-transfer costs are small.
+const PIECE_COLS: usize = 512;
+/// Buffers per SBUF pool of sums: the add of the next piece overlaps the store of this one.
 const BUFS: usize = 3;
+/// Buffers per SBUF pool of loaded sources: loads run ahead of the chain of adds.
+const INPUT_BUFS: usize = 6;
+/// PSUM buffers of partial sums: one piece's chain runs while the next starts.
+const PSUM_BUFS: usize = 2;
 /// HBM→HBM copies are cut into at least this many pieces: one contiguous
 /// piece is one descriptor, served by one DMA engine (HW-DMA-STRUCT), so a
 /// core needs 16 in flight to use its 16 engines.
@@ -230,156 +233,220 @@ fn absolute<T>(
     out
 }
 
-/// SBUF pools of one participant's core for the reduce-scatter pieces.
+/// What a pool of SBUF pieces holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// A loaded source.
+    Input,
+    /// A partial sum (f32, in PSUM: an add reading one input from PSUM and the
+    /// other from SBUF costs N cycles instead of 2N, HW-COST-TTENSOR).
+    Partial,
+    /// The last sum, in the destination's dtype.
+    Total,
+}
+
+/// SBUF pools per core, slot and dtype, made on first use.
+#[derive(Default)]
 struct Pools {
-    own: TilePool,
-    first: TilePool,
-    partial: TilePool,
-    sum: TilePool,
-    rounded: Option<TilePool>,
+    pools: Vec<(u16, Slot, DType, TilePool)>,
 }
 
 impl Pools {
-    fn alloc(kb: &mut KernelBuilder, dtype: DType, cols: usize) -> Result<Pools, BuildError> {
-        let parts = kb.chip().core.sbuf.partitions as usize;
-        let shape = [parts, cols];
-        let mut made: Vec<TilePool> = Vec::new();
-        let specs =
-            [(dtype, true), (dtype, true), (DType::F32, true), (DType::F32, true), (dtype, dtype != DType::F32)];
-        for (d, wanted) in specs {
-            if !wanted {
-                continue;
+    /// The next `[rows, cols]` buffer of `core`'s pool for `slot` and `dtype`
+    /// (the builder must be on `core`).
+    fn next(
+        &mut self,
+        kb: &mut KernelBuilder,
+        core: u16,
+        slot: Slot,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+    ) -> Result<crate::view::View, BuildError> {
+        let k = match self.pools.iter().position(|(c, s, d, _)| (*c, *s, *d) == (core, slot, dtype)) {
+            Some(k) => k,
+            None => {
+                let parts = kb.chip().core.sbuf.partitions as usize;
+                let pool = match slot {
+                    Slot::Input => kb.sbuf_pool(&[parts, PIECE_COLS], dtype, INPUT_BUFS)?,
+                    Slot::Partial => kb.psum_pool(&[parts, PIECE_COLS], dtype, PSUM_BUFS)?,
+                    Slot::Total => kb.sbuf_pool(&[parts, PIECE_COLS], dtype, BUFS)?,
+                };
+                self.pools.push((core, slot, dtype, pool));
+                self.pools.len() - 1
             }
-            match kb.sbuf_pool(&shape, d, BUFS) {
-                Ok(p) => made.push(p),
-                Err(e) => {
-                    for p in made {
-                        kb.free_pool(p)?;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        let rounded = if dtype != DType::F32 { made.pop() } else { None };
-        let mut it = made.into_iter();
-        match (it.next(), it.next(), it.next(), it.next()) {
-            (Some(own), Some(first), Some(partial), Some(sum)) => Ok(Pools { own, first, partial, sum, rounded }),
-            _ => Err(err("collective", "internal: SBUF pools missing".into())),
-        }
+        };
+        Ok(self.pools[k].3.next().part(0..rows).cols(0..cols))
     }
 
     fn free(self, kb: &mut KernelBuilder) -> Result<(), BuildError> {
-        kb.free_pool(self.own)?;
-        kb.free_pool(self.first)?;
-        kb.free_pool(self.partial)?;
-        kb.free_pool(self.sum)?;
-        if let Some(r) = self.rounded {
-            kb.free_pool(r)?;
+        for (core, _, _, pool) in self.pools {
+            kb.core(core)?;
+            kb.free_pool(pool)?;
         }
         Ok(())
     }
 }
 
-/// Where the ring reduce-scatter reads and writes, as byte addresses of
-/// element `a` of the flat (concatenated) tensor.
-struct RsBuffers<'a> {
-    /// Participant `i`'s input.
-    input: &'a dyn Fn(usize, usize) -> u64,
-    /// Participant `i`'s f32 partial sums (any location of element `a`).
-    partial: &'a dyn Fn(usize, usize) -> u64,
-    /// Where participant `i` stores the total of element `a` of its own segment.
-    total: &'a dyn Fn(usize, usize) -> u64,
+/// One reduction: the f32 sum of `sources` (`len` contiguous elements each,
+/// at a byte address, in a dtype), stored once, rounded to the dtype of `dst`.
+struct ReduceJob {
+    core: u16,
+    len: usize,
+    sources: Vec<(u64, DType)>,
+    dst: (u64, DType),
 }
 
-/// Ring reduce-scatter over segments `bounds` (indexed by participant): after
-/// it, participant `i` has stored the sum of segment `i` over all inputs at
-/// `total(i, ..)`. Returns the adds performed.
-fn ring_reduce_scatter(
+/// Emits `jobs` in order: per piece, one load per source into SBUF, a chain
+/// of Vector-engine adds into an f32 PSUM accumulator (the first add sums
+/// two sources, the last writes the rounded total to SBUF), and one store.
+/// Returns the adds performed.
+fn run_reduce_jobs(kb: &mut KernelBuilder, jobs: &[ReduceJob], queues: &mut QueueTurns) -> Result<u64, BuildError> {
+    let mut pools = Pools::default();
+    let out = emit_reduce_jobs(kb, jobs, queues, &mut pools);
+    pools.free(kb)?;
+    out
+}
+
+fn emit_reduce_jobs(
+    kb: &mut KernelBuilder,
+    jobs: &[ReduceJob],
+    queues: &mut QueueTurns,
+    pools: &mut Pools,
+) -> Result<u64, BuildError> {
+    let parts = kb.chip().core.sbuf.partitions as usize;
+    let mut adds = 0u64;
+    for job in jobs.iter().filter(|j| j.len > 0 && !j.sources.is_empty()) {
+        let core = job.core;
+        kb.core(core)?;
+        let (dst, dst_dtype) = job.dst;
+        if let [(src, dtype)] = job.sources[..] {
+            copy_pieces(kb, queues, core, dst, src, job.len, dtype, dst_dtype)?;
+            continue;
+        }
+        let last = job.sources.len() - 1;
+        for (at, rows, cols) in pieces(job.len, parts, PIECE_COLS) {
+            let mut loaded = None;
+            let mut acc: Option<crate::view::View> = None;
+            for (k, &(src, dtype)) in job.sources.iter().enumerate() {
+                let tile = pools.next(kb, core, Slot::Input, dtype, rows, cols)?;
+                let from = hbm(src + (at * dtype.size()) as u64, rows, cols, dtype);
+                kb.dma_on(queues.next(core), &tile, from)?;
+                let Some(first) = loaded.replace(tile.clone()) else { continue };
+                let into = match (k == last, &acc) {
+                    (true, _) => pools.next(kb, core, Slot::Total, dst_dtype, rows, cols)?,
+                    (false, Some(a)) => a.clone(),
+                    (false, None) => pools.next(kb, core, Slot::Partial, DType::F32, rows, cols)?,
+                };
+                let prev = acc.clone().unwrap_or(first);
+                kb.tensor_tensor(Engine::Vector, AluOp::Add, &into, &prev, &tile)?;
+                adds += (rows * cols) as u64;
+                acc = Some(into);
+            }
+            if let Some(total) = acc {
+                let to = hbm(dst + (at * dst_dtype.size()) as u64, rows, cols, dst_dtype);
+                kb.dma_on(queues.next(core), to, &total)?;
+            }
+        }
+    }
+    Ok(adds)
+}
+
+/// Reduce-scatter as direct pulls: participant `i` ends having stored the
+/// sum over all participants of elements `ranges[i]` at `total(i, ..)`,
+/// reading element `a` of participant `j` at `input(j, a)`.
+///
+/// When the participants span several chips with the same number (≥ 2) on
+/// each, the reduction is hierarchical so that each element crosses the
+/// links once instead of once per participant: first every participant
+/// sums, over its own chip's participants (through HBM), the ranges of its
+/// counterparts (same place in their chips' order) on every chip, into an
+/// f32 workspace; then it sums its own range over its counterparts'
+/// workspaces across the chips. Otherwise each participant pulls its range
+/// from every participant directly, starting with its ring successors so
+/// that the pulls of one moment use different links.
+fn reduce_scatter_direct(
     kb: &mut KernelBuilder,
     g: &Group,
-    bounds: &[usize],
-    buf: &RsBuffers<'_>,
+    ranges: &[(usize, usize)],
+    input: &dyn Fn(usize, usize) -> u64,
+    total: &dyn Fn(usize, usize) -> u64,
     queues: &mut QueueTurns,
 ) -> Result<u64, BuildError> {
     let n = g.n();
     let dtype = g.dtype;
-    let parts = kb.chip().core.sbuf.partitions as usize;
-    let longest = bounds.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-    let cols = PIECE_COLS.min(longest.div_ceil(parts)).max(1);
-    if n == 1 {
-        // One participant: its total is its input.
-        let len = bounds[1] - bounds[0];
-        let (src, dst) = ((buf.input)(0, bounds[0]), (buf.total)(0, bounds[0]));
-        if src != dst {
-            kb.core(g.cores[0])?;
-            copy_pieces(kb, queues, g.cores[0], dst, src, len, dtype)?;
-        }
-        return Ok(0);
-    }
-    let mut pools = Vec::with_capacity(n);
-    for &c in &g.cores {
-        kb.core(c)?;
-        match Pools::alloc(kb, dtype, cols) {
-            Ok(p) => pools.push(p),
-            Err(e) => {
-                for (p, &c) in pools.into_iter().zip(&g.cores) {
-                    kb.core(c)?;
-                    p.free(kb)?;
-                }
-                return Err(e);
-            }
+    let chip = kb.chip().clone();
+    // Participants per chip, in ring order.
+    let mut by_chip: Vec<(u32, Vec<usize>)> = Vec::new();
+    for p in 0..n {
+        let i = g.at(p);
+        let c = chip.chip_of_core(g.cores[i] as u32);
+        match by_chip.iter_mut().find(|(k, _)| *k == c) {
+            Some((_, members)) => members.push(i),
+            None => by_chip.push((c, vec![i])),
         }
     }
-    let mut body = |kb: &mut KernelBuilder, pools: &mut [Pools]| -> Result<u64, BuildError> {
-        let mut adds = 0u64;
-        for k in 0..n - 1 {
-            let last = k == n - 2;
-            for p in 0..n {
-                let (me, prev) = (g.at(p), g.at(p + n - 1));
-                let seg = g.segment(p + 2 * n - 1 - k);
-                let core = g.cores[me];
-                kb.core(core)?;
-                let pool = &mut pools[me];
-                for (at, rows, cols) in pieces(bounds[seg + 1] - bounds[seg], parts, cols) {
-                    let a = bounds[seg] + at;
-                    let own = pool.own.next().part(0..rows).cols(0..cols);
-                    kb.dma_on(queues.next(core), &own, hbm((buf.input)(me, a), rows, cols, dtype))?;
-                    // The first step receives the neighbour's input, later ones its f32 partial sum.
-                    let recv = if k == 0 {
-                        let t = pool.first.next().part(0..rows).cols(0..cols);
-                        kb.dma_on(queues.next(core), &t, hbm((buf.input)(prev, a), rows, cols, dtype))?;
-                        t
-                    } else {
-                        let t = pool.partial.next().part(0..rows).cols(0..cols);
-                        kb.dma_on(queues.next(core), &t, hbm((buf.partial)(prev, a), rows, cols, DType::F32))?;
-                        t
-                    };
-                    let (sum, dst) = match (&mut pool.rounded, last) {
-                        (Some(r), true) => (r.next(), hbm((buf.total)(me, a), rows, cols, dtype)),
-                        (None, true) => (pool.sum.next(), hbm((buf.total)(me, a), rows, cols, dtype)),
-                        (_, false) => (pool.sum.next(), hbm((buf.partial)(me, a), rows, cols, DType::F32)),
-                    };
-                    let sum = sum.part(0..rows).cols(0..cols);
-                    kb.tensor_tensor(Engine::Vector, AluOp::Add, &sum, &recv, &own)?;
-                    kb.dma_on(queues.next(core), dst, &sum)?;
-                    adds += (rows * cols) as u64;
-                }
-            }
+    let m = by_chip[0].1.len();
+    let hierarchical = by_chip.len() > 1 && m > 1 && by_chip.iter().all(|(_, v)| v.len() == m);
+    let position: Vec<usize> = {
+        let mut pos = vec![0; n];
+        for p in 0..n {
+            pos[g.at(p)] = p;
         }
-        Ok(adds)
+        pos
     };
-    let out = body(kb, &mut pools);
-    for (p, &c) in pools.into_iter().zip(&g.cores) {
-        kb.core(c)?;
-        p.free(kb)?;
+    if !hierarchical {
+        let jobs: Vec<ReduceJob> = (0..n)
+            .map(|i| {
+                let (lo, hi) = ranges[i];
+                let sources = (0..n).map(|d| (input(g.at(position[i] + d), lo), dtype)).collect();
+                ReduceJob { core: g.cores[i], len: hi - lo, sources, dst: (total(i, lo), dtype) }
+            })
+            .collect();
+        return run_reduce_jobs(kb, &jobs, queues);
     }
-    out
+    let c = by_chip.len();
+    let len = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    let mut ws = vec![0u64; n];
+    for (on, members) in &by_chip {
+        for &i in members {
+            let key = format!("collective.core{}", g.cores[i]);
+            ws[i] = kb.hbm_workspace(*on, &key, len as u64 * 4)?.offset();
+        }
+    }
+    let mut jobs = Vec::new();
+    for (k, (_, members)) in by_chip.iter().enumerate() {
+        for (l, &i) in members.iter().enumerate() {
+            for dk in 0..c {
+                let (lo, hi) = ranges[by_chip[(k + dk) % c].1[l]];
+                let sources = (0..m).map(|d| (input(members[(l + d) % m], lo), dtype)).collect();
+                jobs.push(ReduceJob {
+                    core: g.cores[i],
+                    len: hi - lo,
+                    sources,
+                    dst: (ws[i] + lo as u64 * 4, DType::F32),
+                });
+            }
+        }
+    }
+    let mut adds = run_reduce_jobs(kb, &jobs, queues)?;
+    let mut jobs = Vec::new();
+    for (k, (_, members)) in by_chip.iter().enumerate() {
+        for (l, &i) in members.iter().enumerate() {
+            let (lo, hi) = ranges[i];
+            let sources = (0..c).map(|dk| (ws[by_chip[(k + dk) % c].1[l]] + lo as u64 * 4, DType::F32)).collect();
+            jobs.push(ReduceJob { core: g.cores[i], len: hi - lo, sources, dst: (total(i, lo), dtype) });
+        }
+    }
+    adds += run_reduce_jobs(kb, &jobs, queues)?;
+    Ok(adds)
 }
 
 /// Copies `len` elements from byte `src` to byte `dst` in HBM on `core`'s DMA
 /// queues, cut into pieces so that several engines work at once: at least
 /// [`MIN_COPY_PIECES`] (more when pieces would exceed [`MAX_COPY_PIECE`]
 /// bytes), but none under [`MIN_COPY_PIECE`] bytes.
+#[allow(clippy::too_many_arguments)]
 fn copy_pieces(
     kb: &mut KernelBuilder,
     queues: &mut QueueTurns,
@@ -388,14 +455,15 @@ fn copy_pieces(
     src: u64,
     len: usize,
     dtype: DType,
+    dst_dtype: DType,
 ) -> Result<(), BuildError> {
-    let es = dtype.size();
-    let bytes = len * es;
+    let (es, ed) = (dtype.size(), dst_dtype.size());
+    let bytes = len * es.max(ed);
     let wanted = MIN_COPY_PIECES.max(bytes.div_ceil(MAX_COPY_PIECE));
     let count = wanted.min(bytes.div_ceil(MIN_COPY_PIECE)).clamp(1, len.max(1));
     for (a, b) in (0..count).map(|i| (i * len / count, (i + 1) * len / count)).filter(|(a, b)| b > a) {
-        let (d, s) = (dst + (a * es) as u64, src + (a * es) as u64);
-        kb.dma_on(queues.next(core), hbm(d, 1, b - a, dtype), hbm(s, 1, b - a, dtype))?;
+        let (d, s) = (dst + (a * ed) as u64, src + (a * es) as u64);
+        kb.dma_on(queues.next(core), hbm(d, 1, b - a, dst_dtype), hbm(s, 1, b - a, dtype))?;
     }
     Ok(())
 }
@@ -420,7 +488,7 @@ fn ring_all_gather(
             let a = bounds[seg];
             let core = g.cores[me];
             kb.core(core)?;
-            copy_pieces(kb, queues, core, dst(me, a), src(prev, seg, a), bounds[seg + 1] - a, g.dtype)?;
+            copy_pieces(kb, queues, core, dst(me, a), src(prev, seg, a), bounds[seg + 1] - a, g.dtype, g.dtype)?;
         }
     }
     Ok(())
@@ -456,21 +524,10 @@ fn all_reduce_into(
     let bounds = bounds(len, n);
     absolute(kb, |kb| {
         let mut queues = QueueTurns::new(kb.chip());
-        // f32 partial sums go straight into the outputs; other dtypes need an f32 workspace.
-        let mut partial = Vec::with_capacity(n);
-        for i in 0..n {
-            partial.push(if dtype == DType::F32 || n < 3 {
-                outputs[i].offset()
-            } else {
-                let chip = kb.chip().chip_of_core(cores[i] as u32);
-                kb.hbm_workspace(chip, &format!("collective.core{}", cores[i]), len as u64 * 4)?.offset()
-            });
-        }
         let input = |i: usize, a: usize| inputs[i].offset() + a as u64 * es;
         let output = |i: usize, a: usize| outputs[i].offset() + a as u64 * es;
-        let part = |i: usize, a: usize| partial[i] + a as u64 * 4;
-        let buffers = RsBuffers { input: &input, partial: &part, total: &output };
-        let adds = ring_reduce_scatter(kb, &g, &bounds, &buffers, &mut queues)?;
+        let ranges: Vec<(usize, usize)> = (0..n).map(|i| (bounds[i], bounds[i + 1])).collect();
+        let adds = reduce_scatter_direct(kb, &g, &ranges, &input, &output, &mut queues)?;
         ring_all_gather(kb, &g, &bounds, &|i, _, a| output(i, a), &output, &mut queues)?;
         let bytes = len as u64 * es * n as u64;
         Ok(Cost { flops: adds, bytes_hbm: 2 * bytes, peak_dtype: None })
@@ -501,7 +558,7 @@ pub fn all_gather(
         let output = |i: usize, a: usize| outputs[i].offset() + a as u64 * es;
         for i in 0..n {
             kb.core(cores[i])?;
-            copy_pieces(kb, &mut queues, cores[i], output(i, bounds[i]), input(i, bounds[i]), len, g.dtype)?;
+            copy_pieces(kb, &mut queues, cores[i], output(i, bounds[i]), input(i, bounds[i]), len, g.dtype, g.dtype)?;
         }
         // A participant's own segment is read from its input, so the first
         // ring step need not wait for the local copy.
@@ -539,16 +596,10 @@ pub fn reduce_scatter(
     let bounds: Vec<usize> = (0..=n).map(|s| s * chunk).collect();
     absolute(kb, |kb| {
         let mut queues = QueueTurns::new(kb.chip());
-        let mut partial = Vec::with_capacity(n);
-        for &c in cores {
-            let chip = kb.chip().chip_of_core(c as u32);
-            partial.push(kb.hbm_workspace(chip, &format!("collective.core{c}"), len as u64 * 4)?.offset());
-        }
         let input = |i: usize, a: usize| inputs[i].offset() + a as u64 * es;
-        let part = |i: usize, a: usize| partial[i] + a as u64 * 4;
         let total = |i: usize, a: usize| outputs[i].offset() + (a - bounds[i]) as u64 * es;
-        let buffers = RsBuffers { input: &input, partial: &part, total: &total };
-        let adds = ring_reduce_scatter(kb, &g, &bounds, &buffers, &mut queues)?;
+        let ranges: Vec<(usize, usize)> = (0..n).map(|i| (bounds[i], bounds[i + 1])).collect();
+        let adds = reduce_scatter_direct(kb, &g, &ranges, &input, &total, &mut queues)?;
         let bytes = len as u64 * es * n as u64;
         Ok(Cost { flops: adds, bytes_hbm: bytes + bytes / n as u64, peak_dtype: None })
     })
@@ -585,7 +636,7 @@ pub fn all_to_all(
                 kb.core(cores[j])?;
                 let dst = outputs[j].offset() + (i * chunk) as u64 * es;
                 let src = inputs[i].offset() + (j * chunk) as u64 * es;
-                copy_pieces(kb, &mut queues, cores[j], dst, src, chunk, g.dtype)?;
+                copy_pieces(kb, &mut queues, cores[j], dst, src, chunk, g.dtype, g.dtype)?;
             }
         }
         let bytes = len as u64 * es * n as u64;

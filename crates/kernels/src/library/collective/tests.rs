@@ -95,16 +95,22 @@ fn composes_in_a_core_window_and_restores_it() {
 }
 
 #[test]
-fn workspace_is_reused_across_calls() {
-    let chip = ChipSpec::by_name("trn2").unwrap();
+fn hierarchical_workspace_is_reused_across_calls() {
+    // Two chips with two participants each: the sums go through an f32 workspace per participant.
+    let chip = system("trn2", 2);
     let mut kb = KernelBuilder::new("ar", &chip);
-    let parts: Vec<HbmTensor> = (0..3).map(|i| kb.hbm_output(&format!("p{i}"), &[500], DType::Bf16).unwrap()).collect();
-    all_reduce(&mut kb, &parts, &[0, 1, 2]).unwrap();
-    let declared = kb.insts().len();
-    all_reduce(&mut kb, &parts, &[0, 1, 2]).unwrap();
-    assert!(kb.insts().len() == 2 * declared);
+    let cores = [0u16, 1, 8, 9];
+    let parts: Vec<HbmTensor> = cores
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| kb.hbm_output_on(c as u32 / 8, &format!("p{i}"), &[500], DType::Bf16).unwrap())
+        .collect();
+    all_reduce(&mut kb, &parts, &cores).unwrap();
+    let once = kb.insts().len();
+    all_reduce(&mut kb, &parts, &cores).unwrap();
+    assert_eq!(kb.insts().len(), 2 * once);
     let program = kb.finish().unwrap();
-    assert_eq!(program.tensors.iter().filter(|t| t.kind == TensorKind::Scratch).count(), 3);
+    assert_eq!(program.tensors.iter().filter(|t| t.kind == TensorKind::Scratch).count(), 4);
 }
 
 #[test]
