@@ -1,31 +1,41 @@
 //! Kernels of the `collective` family: all-reduce, all-gather, reduce-scatter
 //! and all-to-all as real programs over HBM tensors that live on several
-//! cores and chips. Data between chips moves by DMA over the system's modelled
-//! links ([`trainyard_arch::SystemLayout`]); sums are Vector-engine adds in SBUF.
+//! cores and chips. Data between chips moves by DMA over the system's
+//! modelled links ([`trainyard_arch::SystemLayout`]); the issuing core's DMA
+//! engines do the work, so the per-core DMA rate, each chip's HBM and the
+//! links all bound a collective's time.
 //!
-//! * [`all_reduce`] — ring reduce-scatter then ring all-gather, in place.
-//! * [`reduce_scatter`] / [`all_gather`] — the two ring halves on their own.
-//! * [`all_to_all`] — every participant pulls its chunk of every other's input.
+//! * [`all_reduce`] — reduce-scatter by direct pulls, each participant then
+//!   pushing its total from SBUF to every other (in place).
+//! * [`reduce_scatter`] — the first half alone.
+//! * [`all_gather`] — a ring: each participant pulls the next segment from
+//!   its ring predecessor, pipelined piece by piece.
+//! * [`all_to_all`] — every participant pulls its chunk of every input.
 //!
-//! The ring visits participants in the order of their chips along a
-//! boustrophedon (reflected Gray code) walk of the system's coordinates, then
-//! by core, so that neighbours on the ring are one link apart on a torus.
-//! Each ring step is cut into SBUF-sized pieces, and the builder's
-//! dependencies let piece `c` of step `k + 1` start as soon as piece `c` of
-//! step `k` is stored, so steps pipeline and large messages reach the links'
-//! (or, more often, the DMA engines') bandwidth.
+//! Reduce-scatter: participant `i` owns segment `i` (sizes differ by at most
+//! one element, so any element count works) and sums it over every
+//! participant's input: per piece of `[≤128, ≤512]`, one load per source into
+//! SBUF and, for bf16/f16, a Tensor-engine matmul of each against the
+//! identity accumulating in an f32 PSUM bank (exact), or for f32 a chain of
+//! Vector adds into a PSUM accumulator; the total is rounded once to the
+//! dtype. When the participants span several chips with the same number
+//! (≥ 2) on each, the reduction is hierarchical: within each chip over HBM
+//! into an f32 workspace, then across chips between counterparts, so each
+//! element crosses the links once (as an f32 partial sum) instead of once
+//! per participant; the all-reduce's totals go to each counterpart once and
+//! are forwarded within its chip.
 //!
-//! Accumulation is in f32 whatever the dtype: partial sums travel between
-//! participants as f32 (in an f32 workspace for bf16/f16) and each element is
-//! rounded to the dtype once, when its total is stored. Participants pull:
-//! the receiving core issues the DMA, so its engines do the work. Segment
-//! sizes differ by at most one element, so any element count works.
+//! Rings and pull orders follow the participants' chips along a
+//! boustrophedon walk of the system's coordinates, then their cores, so ring
+//! neighbours are one link apart on a torus and the pulls of one moment use
+//! different links. Loads and stores use separate halves of a core's 16 DMA
+//! queues, so a store waiting for its sum never holds up the next loads.
 
 #[cfg(test)]
 mod tests;
 
 use trainyard_arch::{ChipSpec, DType, Topology};
-use trainyard_isa::{AluOp, Ap, Engine, TensorKind};
+use trainyard_isa::{ActFn, AluOp, Ap, Engine, TensorKind};
 
 use super::{check_args, check_bindings, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig};
 use crate::builder::{HbmTensor, KernelBuilder, TilePool};
@@ -43,7 +53,7 @@ const PIECE_COLS: usize = 512;
 /// Buffers per SBUF pool of sums: the add of the next piece overlaps the store of this one.
 const BUFS: usize = 3;
 /// Buffers per SBUF pool of loaded sources: loads run ahead of the chain of adds.
-const INPUT_BUFS: usize = 6;
+const INPUT_BUFS: usize = 16;
 /// PSUM buffers of partial sums: one piece's chain runs while the next starts.
 const PSUM_BUFS: usize = 2;
 /// HBM→HBM copies are cut into at least this many pieces: one contiguous
@@ -131,8 +141,8 @@ impl Group {
     }
 
     /// The segment handled under ring label `r`: labels are chosen so that
-    /// the participant at position `p` ends reduce-scatter holding its own
-    /// segment (`at(p)`), which it owns under label `p + 1`.
+    /// the participant at position `p` starts the ring all-gather holding its
+    /// own segment (`at(p)`), which it owns under label `p + 1`.
     fn segment(&self, r: usize) -> usize {
         self.at(r + self.n() - 1)
     }
@@ -199,24 +209,44 @@ fn hbm(offset: u64, rows: usize, cols: usize, dtype: DType) -> Ap {
     Ap::hbm(offset, rows as u32, &[cols as u32], dtype)
 }
 
-/// Round-robin DMA queues per core: collectives spread transfers over every
-/// queue so that up to 16 are in flight per core.
+/// Which DMA queues a transfer goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// Loads of sources: the first half of the queues.
+    Load,
+    /// Stores of totals (which wait for their adds) and HBM→HBM copies: the
+    /// second half, so that a store never holds up the next piece's loads
+    /// in an in-order queue.
+    Store,
+}
+
+/// Round-robin DMA queues per core and lane: collectives spread transfers
+/// over every queue so that up to 16 are in flight per core.
 struct QueueTurns {
-    queues: u8,
-    turn: Vec<usize>,
+    queues: usize,
+    turn: Vec<[usize; 2]>,
 }
 
 impl QueueTurns {
     fn new(chip: &ChipSpec) -> Self {
-        QueueTurns { queues: chip.core.dma.queues.clamp(1, 256) as u8, turn: vec![0; chip.total_cores() as usize] }
+        QueueTurns {
+            queues: chip.core.dma.queues.clamp(1, 256) as usize,
+            turn: vec![[0; 2]; chip.total_cores() as usize],
+        }
     }
 
-    fn next(&mut self, core: u16) -> u8 {
+    fn next(&mut self, core: u16, lane: Lane) -> u8 {
+        let half = (self.queues / 2).max(1);
+        let (base, count) = match lane {
+            Lane::Load => (0, half),
+            Lane::Store => (self.queues - half, half),
+        };
         let t = self.turn.get_mut(core as usize).map_or(0, |t| {
-            *t += 1;
-            *t - 1
+            let slot = &mut t[lane as usize];
+            *slot += 1;
+            *slot - 1
         });
-        (t % self.queues as usize) as u8
+        (base + t % count) as u8
     }
 }
 
@@ -245,10 +275,12 @@ enum Slot {
     Total,
 }
 
-/// SBUF pools per core, slot and dtype, made on first use.
+/// SBUF pools per core, slot and dtype, and identity matrices per core and
+/// dtype, made on first use.
 #[derive(Default)]
 struct Pools {
     pools: Vec<(u16, Slot, DType, TilePool)>,
+    identities: Vec<(u16, DType, crate::builder::Tile)>,
 }
 
 impl Pools {
@@ -279,33 +311,77 @@ impl Pools {
         Ok(self.pools[k].3.next().part(0..rows).cols(0..cols))
     }
 
+    /// A `[rows, rows]` identity in `dtype` on `core` (the builder must be on
+    /// `core`): the Tensor engine sums sources as `I · x` into PSUM.
+    fn identity(
+        &mut self,
+        kb: &mut KernelBuilder,
+        core: u16,
+        dtype: DType,
+        rows: usize,
+    ) -> Result<crate::view::View, BuildError> {
+        if let Some((_, _, t)) = self.identities.iter().find(|(c, d, _)| (*c, *d) == (core, dtype)) {
+            return Ok(t.part(0..rows).cols(0..rows));
+        }
+        let parts = kb.chip().core.sbuf.partitions as usize;
+        let offsets = kb.sbuf_tile(&[parts, parts], DType::I32)?;
+        let ident = kb.sbuf_tile(&[parts, parts], dtype);
+        let made = ident.and_then(|ident| {
+            // offsets[p, i] = i - p; the identity is where it is 0.
+            kb.iota(&offsets, 0, -1, &[1])?;
+            kb.tensor_scalar(Engine::Vector, &ident, &offsets, crate::Stage::new(AluOp::Eq, 0.0), None)?;
+            Ok(ident)
+        });
+        kb.free(offsets)?;
+        let ident = made?;
+        let view = ident.part(0..rows).cols(0..rows);
+        self.identities.push((core, dtype, ident));
+        Ok(view)
+    }
+
     fn free(self, kb: &mut KernelBuilder) -> Result<(), BuildError> {
         for (core, _, _, pool) in self.pools {
             kb.core(core)?;
             kb.free_pool(pool)?;
+        }
+        for (core, _, tile) in self.identities {
+            kb.core(core)?;
+            kb.free(tile)?;
         }
         Ok(())
     }
 }
 
 /// One reduction: the f32 sum of `sources` (`len` contiguous elements each,
-/// at a byte address, in a dtype), stored once, rounded to the dtype of `dst`.
+/// at a byte address, in a dtype), rounded once to the dtype of `dst` and
+/// stored there and at every address of `copies` (pushed from SBUF, so the
+/// copies cost no HBM read).
 struct ReduceJob {
     core: u16,
     len: usize,
     sources: Vec<(u64, DType)>,
     dst: (u64, DType),
+    copies: Vec<u64>,
 }
 
 /// Emits `jobs` in order: per piece, one load per source into SBUF, a chain
 /// of Vector-engine adds into an f32 PSUM accumulator (the first add sums
-/// two sources, the last writes the rounded total to SBUF), and one store.
+/// two sources, the last writes the rounded total to SBUF), and the stores.
 /// Returns the adds performed.
 fn run_reduce_jobs(kb: &mut KernelBuilder, jobs: &[ReduceJob], queues: &mut QueueTurns) -> Result<u64, BuildError> {
     let mut pools = Pools::default();
     let out = emit_reduce_jobs(kb, jobs, queues, &mut pools);
     pools.free(kb)?;
     out
+}
+
+/// The add chain of one piece being built.
+struct Chain {
+    at: usize,
+    rows: usize,
+    cols: usize,
+    first: Option<crate::view::View>,
+    acc: Option<crate::view::View>,
 }
 
 fn emit_reduce_jobs(
@@ -321,32 +397,90 @@ fn emit_reduce_jobs(
         kb.core(core)?;
         let (dst, dst_dtype) = job.dst;
         if let [(src, dtype)] = job.sources[..] {
-            copy_pieces(kb, queues, core, dst, src, job.len, dtype, dst_dtype)?;
+            for to in std::iter::once(dst).chain(job.copies.iter().copied()) {
+                copy_pieces(kb, queues, core, to, src, job.len, (dtype, dst_dtype), Lane::Store)?;
+            }
             continue;
         }
         let last = job.sources.len() - 1;
-        for (at, rows, cols) in pieces(job.len, parts, PIECE_COLS) {
-            let mut loaded = None;
-            let mut acc: Option<crate::view::View> = None;
+        let dtype = job.sources[0].1;
+        if matches!(dtype, DType::Bf16 | DType::F16) && job.sources.iter().all(|s| s.1 == dtype) {
+            adds += emit_tensor_sum(kb, job, queues, pools)?;
+            continue;
+        }
+        // Two pieces' chains in lockstep: consecutive adds on the Vector engine
+        // then never read what the one before wrote (no same-engine RAW
+        // penalty, HW-DEF-DEP), and each pool buffer's reader is emitted
+        // before the buffer is loaded again.
+        for pair in pieces(job.len, parts, PIECE_COLS).chunks(2) {
+            let mut chains: Vec<Chain> =
+                pair.iter().map(|&(at, rows, cols)| Chain { at, rows, cols, first: None, acc: None }).collect();
             for (k, &(src, dtype)) in job.sources.iter().enumerate() {
-                let tile = pools.next(kb, core, Slot::Input, dtype, rows, cols)?;
-                let from = hbm(src + (at * dtype.size()) as u64, rows, cols, dtype);
-                kb.dma_on(queues.next(core), &tile, from)?;
-                let Some(first) = loaded.replace(tile.clone()) else { continue };
-                let into = match (k == last, &acc) {
-                    (true, _) => pools.next(kb, core, Slot::Total, dst_dtype, rows, cols)?,
-                    (false, Some(a)) => a.clone(),
-                    (false, None) => pools.next(kb, core, Slot::Partial, DType::F32, rows, cols)?,
-                };
-                let prev = acc.clone().unwrap_or(first);
-                kb.tensor_tensor(Engine::Vector, AluOp::Add, &into, &prev, &tile)?;
-                adds += (rows * cols) as u64;
-                acc = Some(into);
+                let mut tiles = Vec::with_capacity(chains.len());
+                for c in &chains {
+                    let tile = pools.next(kb, core, Slot::Input, dtype, c.rows, c.cols)?;
+                    let from = hbm(src + (c.at * dtype.size()) as u64, c.rows, c.cols, dtype);
+                    kb.dma_on(queues.next(core, Lane::Load), &tile, from)?;
+                    tiles.push(tile);
+                }
+                for (c, tile) in chains.iter_mut().zip(tiles) {
+                    let Some(prev) = c.acc.take().or_else(|| c.first.take()) else {
+                        c.first = Some(tile);
+                        continue;
+                    };
+                    let into = match (k == last, prev.space()) {
+                        (true, _) => pools.next(kb, core, Slot::Total, dst_dtype, c.rows, c.cols)?,
+                        (false, trainyard_isa::Space::Psum) => prev.clone(),
+                        (false, _) => pools.next(kb, core, Slot::Partial, DType::F32, c.rows, c.cols)?,
+                    };
+                    kb.tensor_tensor(Engine::Vector, AluOp::Add, &into, &prev, &tile)?;
+                    adds += (c.rows * c.cols) as u64;
+                    c.acc = Some(into);
+                }
             }
-            if let Some(total) = acc {
-                let to = hbm(dst + (at * dst_dtype.size()) as u64, rows, cols, dst_dtype);
-                kb.dma_on(queues.next(core), to, &total)?;
+            for c in &chains {
+                let Some(total) = &c.acc else { continue };
+                for to in std::iter::once(dst).chain(job.copies.iter().copied()) {
+                    let to = hbm(to + (c.at * dst_dtype.size()) as u64, c.rows, c.cols, dst_dtype);
+                    kb.dma_on(queues.next(core, Lane::Store), to, total)?;
+                }
             }
+        }
+    }
+    Ok(adds)
+}
+
+/// One 16-bit reduction on the Tensor engine: every source piece is the
+/// moving operand of a matmul against the identity, accumulating in f32 in
+/// one PSUM bank (exact: each product is `x · 1`), and the Scalar engine
+/// copies the total out of PSUM (an identity activation), rounding once. A `[128, 512]` matmul takes
+/// 512 PE cycles (HW-PE-MM-II) against 512 Vector cycles for an add, at 2.5×
+/// the clock, and leaves the Vector engine free.
+fn emit_tensor_sum(
+    kb: &mut KernelBuilder,
+    job: &ReduceJob,
+    queues: &mut QueueTurns,
+    pools: &mut Pools,
+) -> Result<u64, BuildError> {
+    let (core, parts) = (job.core, kb.chip().core.sbuf.partitions as usize);
+    let (dst, dst_dtype) = job.dst;
+    let last = job.sources.len() - 1;
+    let mut adds = 0u64;
+    for (at, rows, cols) in pieces(job.len, parts, PIECE_COLS) {
+        let ident = pools.identity(kb, core, job.sources[0].1, rows)?;
+        let acc = pools.next(kb, core, Slot::Partial, DType::F32, rows, cols)?;
+        for (k, &(src, dtype)) in job.sources.iter().enumerate() {
+            let tile = pools.next(kb, core, Slot::Input, dtype, rows, cols)?;
+            let from = hbm(src + (at * dtype.size()) as u64, rows, cols, dtype);
+            kb.dma_on(queues.next(core, Lane::Load), &tile, from)?;
+            kb.matmul(&acc, &ident, &tile, k == 0, k == last)?;
+        }
+        adds += (rows * cols * last) as u64;
+        let total = pools.next(kb, core, Slot::Total, dst_dtype, rows, cols)?;
+        kb.activation(ActFn::Identity, &total, &acc, 1.0, None, None)?;
+        for to in std::iter::once(dst).chain(job.copies.iter().copied()) {
+            let to = hbm(to + (at * dst_dtype.size()) as u64, rows, cols, dst_dtype);
+            kb.dma_on(queues.next(core, Lane::Store), to, &total)?;
         }
     }
     Ok(adds)
@@ -354,7 +488,9 @@ fn emit_reduce_jobs(
 
 /// Reduce-scatter as direct pulls: participant `i` ends having stored the
 /// sum over all participants of elements `ranges[i]` at `total(i, ..)`,
-/// reading element `a` of participant `j` at `input(j, a)`.
+/// reading element `a` of participant `j` at `input(j, a)`. With
+/// `broadcast`, every participant also ends with every other's total at
+/// `total(j, ..)` (the all-gather half of an all-reduce, pushed from SBUF).
 ///
 /// When the participants span several chips with the same number (≥ 2) on
 /// each, the reduction is hierarchical so that each element crosses the
@@ -362,15 +498,18 @@ fn emit_reduce_jobs(
 /// sums, over its own chip's participants (through HBM), the ranges of its
 /// counterparts (same place in their chips' order) on every chip, into an
 /// f32 workspace; then it sums its own range over its counterparts'
-/// workspaces across the chips. Otherwise each participant pulls its range
-/// from every participant directly, starting with its ring successors so
-/// that the pulls of one moment use different links.
+/// workspaces across the chips, and (broadcast) pushes the total to its
+/// chip's participants and to its counterparts, which forward it to theirs.
+/// Otherwise each participant pulls its range from every participant
+/// directly, starting with its ring successors so that the pulls of one
+/// moment use different links, and pushes the total to every participant.
 fn reduce_scatter_direct(
     kb: &mut KernelBuilder,
     g: &Group,
     ranges: &[(usize, usize)],
     input: &dyn Fn(usize, usize) -> u64,
     total: &dyn Fn(usize, usize) -> u64,
+    broadcast: bool,
     queues: &mut QueueTurns,
 ) -> Result<u64, BuildError> {
     let n = g.n();
@@ -388,19 +527,20 @@ fn reduce_scatter_direct(
     }
     let m = by_chip[0].1.len();
     let hierarchical = by_chip.len() > 1 && m > 1 && by_chip.iter().all(|(_, v)| v.len() == m);
-    let position: Vec<usize> = {
-        let mut pos = vec![0; n];
-        for p in 0..n {
-            pos[g.at(p)] = p;
-        }
-        pos
-    };
+    let mut position = vec![0; n];
+    for p in 0..n {
+        position[g.at(p)] = p;
+    }
     if !hierarchical {
         let jobs: Vec<ReduceJob> = (0..n)
             .map(|i| {
                 let (lo, hi) = ranges[i];
                 let sources = (0..n).map(|d| (input(g.at(position[i] + d), lo), dtype)).collect();
-                ReduceJob { core: g.cores[i], len: hi - lo, sources, dst: (total(i, lo), dtype) }
+                let copies = match broadcast {
+                    true => (1..n).map(|d| total(g.at(position[i] + d), lo)).collect(),
+                    false => Vec::new(),
+                };
+                ReduceJob { core: g.cores[i], len: hi - lo, sources, dst: (total(i, lo), dtype), copies }
             })
             .collect();
         return run_reduce_jobs(kb, &jobs, queues);
@@ -414,18 +554,17 @@ fn reduce_scatter_direct(
             ws[i] = kb.hbm_workspace(*on, &key, len as u64 * 4)?.offset();
         }
     }
+    // The participant at place `l` of the `dk`-th chip after chip `k`.
+    let member = |k: usize, dk: usize, l: usize| by_chip[(k + dk) % c].1[l % m];
     let mut jobs = Vec::new();
     for (k, (_, members)) in by_chip.iter().enumerate() {
         for (l, &i) in members.iter().enumerate() {
-            for dk in 0..c {
-                let (lo, hi) = ranges[by_chip[(k + dk) % c].1[l]];
-                let sources = (0..m).map(|d| (input(members[(l + d) % m], lo), dtype)).collect();
-                jobs.push(ReduceJob {
-                    core: g.cores[i],
-                    len: hi - lo,
-                    sources,
-                    dst: (ws[i] + lo as u64 * 4, DType::F32),
-                });
+            // Ranges other chips wait for first, this participant's own last.
+            for dk in (1..c).chain([0]) {
+                let (lo, hi) = ranges[member(k, dk, l)];
+                let sources = (0..m).map(|d| (input(member(k, 0, l + d), lo), dtype)).collect();
+                let dst = (ws[i] + lo as u64 * 4, DType::F32);
+                jobs.push(ReduceJob { core: g.cores[i], len: hi - lo, sources, dst, copies: Vec::new() });
             }
         }
     }
@@ -434,11 +573,33 @@ fn reduce_scatter_direct(
     for (k, (_, members)) in by_chip.iter().enumerate() {
         for (l, &i) in members.iter().enumerate() {
             let (lo, hi) = ranges[i];
-            let sources = (0..c).map(|dk| (ws[by_chip[(k + dk) % c].1[l]] + lo as u64 * 4, DType::F32)).collect();
-            jobs.push(ReduceJob { core: g.cores[i], len: hi - lo, sources, dst: (total(i, lo), dtype) });
+            let sources = (0..c).map(|dk| (ws[member(k, dk, l)] + lo as u64 * 4, DType::F32)).collect();
+            let mut copies = Vec::new();
+            if broadcast {
+                copies.extend((1..m).map(|d| total(member(k, 0, l + d), lo)));
+                copies.extend((1..c).map(|dk| total(member(k, dk, l), lo)));
+            }
+            jobs.push(ReduceJob { core: g.cores[i], len: hi - lo, sources, dst: (total(i, lo), dtype), copies });
         }
     }
     adds += run_reduce_jobs(kb, &jobs, queues)?;
+    if broadcast {
+        // Each counterpart forwards what it received to its chip's other
+        // participants, on the load queues (idle by now) so that the copies
+        // start as the pushes land instead of after this core's own stores.
+        for (k, (_, members)) in by_chip.iter().enumerate() {
+            for (l, &i) in members.iter().enumerate() {
+                kb.core(g.cores[i])?;
+                for dk in 1..c {
+                    let (lo, hi) = ranges[member(k, dk, l)];
+                    for d in 1..m {
+                        let (to, from) = (total(member(k, 0, l + d), lo), total(i, lo));
+                        copy_pieces(kb, queues, g.cores[i], to, from, hi - lo, (dtype, dtype), Lane::Load)?;
+                    }
+                }
+            }
+        }
+    }
     Ok(adds)
 }
 
@@ -454,8 +615,8 @@ fn copy_pieces(
     dst: u64,
     src: u64,
     len: usize,
-    dtype: DType,
-    dst_dtype: DType,
+    (dtype, dst_dtype): (DType, DType),
+    lane: Lane,
 ) -> Result<(), BuildError> {
     let (es, ed) = (dtype.size(), dst_dtype.size());
     let bytes = len * es.max(ed);
@@ -463,7 +624,7 @@ fn copy_pieces(
     let count = wanted.min(bytes.div_ceil(MIN_COPY_PIECE)).clamp(1, len.max(1));
     for (a, b) in (0..count).map(|i| (i * len / count, (i + 1) * len / count)).filter(|(a, b)| b > a) {
         let (d, s) = (dst + (a * ed) as u64, src + (a * es) as u64);
-        kb.dma_on(queues.next(core), hbm(d, 1, b - a, dst_dtype), hbm(s, 1, b - a, dtype))?;
+        kb.dma_on(queues.next(core, lane), hbm(d, 1, b - a, dst_dtype), hbm(s, 1, b - a, dtype))?;
     }
     Ok(())
 }
@@ -488,7 +649,16 @@ fn ring_all_gather(
             let a = bounds[seg];
             let core = g.cores[me];
             kb.core(core)?;
-            copy_pieces(kb, queues, core, dst(me, a), src(prev, seg, a), bounds[seg + 1] - a, g.dtype, g.dtype)?;
+            copy_pieces(
+                kb,
+                queues,
+                core,
+                dst(me, a),
+                src(prev, seg, a),
+                bounds[seg + 1] - a,
+                (g.dtype, g.dtype),
+                Lane::Store,
+            )?;
         }
     }
     Ok(())
@@ -527,8 +697,7 @@ fn all_reduce_into(
         let input = |i: usize, a: usize| inputs[i].offset() + a as u64 * es;
         let output = |i: usize, a: usize| outputs[i].offset() + a as u64 * es;
         let ranges: Vec<(usize, usize)> = (0..n).map(|i| (bounds[i], bounds[i + 1])).collect();
-        let adds = reduce_scatter_direct(kb, &g, &ranges, &input, &output, &mut queues)?;
-        ring_all_gather(kb, &g, &bounds, &|i, _, a| output(i, a), &output, &mut queues)?;
+        let adds = reduce_scatter_direct(kb, &g, &ranges, &input, &output, true, &mut queues)?;
         let bytes = len as u64 * es * n as u64;
         Ok(Cost { flops: adds, bytes_hbm: 2 * bytes, peak_dtype: None })
     })
@@ -558,7 +727,16 @@ pub fn all_gather(
         let output = |i: usize, a: usize| outputs[i].offset() + a as u64 * es;
         for i in 0..n {
             kb.core(cores[i])?;
-            copy_pieces(kb, &mut queues, cores[i], output(i, bounds[i]), input(i, bounds[i]), len, g.dtype, g.dtype)?;
+            copy_pieces(
+                kb,
+                &mut queues,
+                cores[i],
+                output(i, bounds[i]),
+                input(i, bounds[i]),
+                len,
+                (g.dtype, g.dtype),
+                Lane::Load,
+            )?;
         }
         // A participant's own segment is read from its input, so the first
         // ring step need not wait for the local copy.
@@ -599,7 +777,7 @@ pub fn reduce_scatter(
         let input = |i: usize, a: usize| inputs[i].offset() + a as u64 * es;
         let total = |i: usize, a: usize| outputs[i].offset() + (a - bounds[i]) as u64 * es;
         let ranges: Vec<(usize, usize)> = (0..n).map(|i| (bounds[i], bounds[i + 1])).collect();
-        let adds = reduce_scatter_direct(kb, &g, &ranges, &input, &total, &mut queues)?;
+        let adds = reduce_scatter_direct(kb, &g, &ranges, &input, &total, false, &mut queues)?;
         let bytes = len as u64 * es * n as u64;
         Ok(Cost { flops: adds, bytes_hbm: bytes + bytes / n as u64, peak_dtype: None })
     })
@@ -636,7 +814,7 @@ pub fn all_to_all(
                 kb.core(cores[j])?;
                 let dst = outputs[j].offset() + (i * chunk) as u64 * es;
                 let src = inputs[i].offset() + (j * chunk) as u64 * es;
-                copy_pieces(kb, &mut queues, cores[j], dst, src, chunk, g.dtype, g.dtype)?;
+                copy_pieces(kb, &mut queues, cores[j], dst, src, chunk, (g.dtype, g.dtype), Lane::Store)?;
             }
         }
         let bytes = len as u64 * es * n as u64;

@@ -162,9 +162,9 @@ fn rings_walk_the_torus_one_link_at_a_time() {
 }
 
 #[test]
-fn large_all_reduce_reaches_high_link_use() {
-    // 2 chips × 1 core, 8 MiB f32: the ring's cross-chip steps are pipelined,
-    // so the run takes a few times bytes / link, not the serial sum of steps.
+fn large_all_reduce_is_pipelined() {
+    // 2 chips × 1 core, 8 MiB f32: pieces of the pulls, adds and pushes
+    // overlap, so the run takes a few times bytes / link, not their serial sum.
     let chip = system("trn2", 2);
     let mut args = KernelArgs::new(&[2 * 1024 * 1024], DType::F32);
     args.cores = 2;
