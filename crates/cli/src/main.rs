@@ -48,6 +48,9 @@ enum Command {
         /// Chip name or chip TOML file.
         #[arg(long, default_value = DEFAULT_CHIP)]
         chip: String,
+        /// Chips of the chip's smallest system that has this many (the program spans them).
+        #[arg(long, default_value_t = 1)]
+        chips: u32,
     },
     /// Run a program on a simulated chip.
     Run(RunArgs),
@@ -208,9 +211,12 @@ struct KernelSel {
     /// Element type.
     #[arg(long, default_value = "bf16")]
     dtype: String,
-    /// NeuronCores to spread the work over.
+    /// NeuronCores to spread the work over (numbered over all chips).
     #[arg(long, default_value_t = 1)]
     cores: u16,
+    /// Chips of the chip's smallest system that has this many (multi-chip kernels such as collectives).
+    #[arg(long, default_value_t = 1)]
+    chips: u32,
     /// Kernel option KEY=VALUE (repeatable), e.g. --opt transpose_a=true.
     #[arg(long = "opt", value_name = "KEY=VALUE")]
     opts: Vec<String>,
@@ -286,6 +292,9 @@ struct RunArgs {
     /// Chip name or chip TOML file.
     #[arg(long, default_value = DEFAULT_CHIP)]
     chip: String,
+    /// Chips of the chip's smallest system that has this many (the program spans them).
+    #[arg(long, default_value_t = 1)]
+    chips: u32,
     /// Bind an input: NAME=FILE.npy, or NAME=FILE.safetensors (tensor NAME inside).
     #[arg(long = "input", value_name = "NAME=FILE")]
     inputs: Vec<String>,
@@ -329,7 +338,7 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Chips { json } => chips(json),
-        Command::Check { program, chip } => check(&program, &chip),
+        Command::Check { program, chip, chips } => check(&program, &chip, chips),
         Command::Run(args) => run(args),
         Command::Demo { matmul: true, chip, trace, shape, .. } => demo(&chip, &trace, &shape),
         Command::Demo { matmul: false, batch, .. } => {
@@ -359,11 +368,13 @@ fn dispatch(cli: Cli) -> Result<()> {
             model::model(model.as_deref(), config.as_deref(), &dtype, batch, input_len, output_len, json)
         }
         Command::Kernel { what: KernelWhat::Bench { sel, timed_only, json, seed, trace, no_race_check } } => {
-            let s = kernels::select(&sel.name, &sel.chip, sel.shape.as_deref(), &sel.dtype, sel.cores, &sel.opts)?;
+            let mut s = kernels::select(&sel.name, &sel.chip, sel.shape.as_deref(), &sel.dtype, sel.cores, &sel.opts)?;
+            s.chip = s.chip.with_chips(sel.chips)?;
             kernels::bench(s, timed_only, json, seed, trace.as_deref(), no_race_check)
         }
         Command::Kernel { what: KernelWhat::Emit { sel, output } } => {
-            let s = kernels::select(&sel.name, &sel.chip, sel.shape.as_deref(), &sel.dtype, sel.cores, &sel.opts)?;
+            let mut s = kernels::select(&sel.name, &sel.chip, sel.shape.as_deref(), &sel.dtype, sel.cores, &sel.opts)?;
+            s.chip = s.chip.with_chips(sel.chips)?;
             kernels::emit(s, &output)
         }
     }
@@ -455,8 +466,8 @@ fn chips(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn check(path: &Path, chip: &str) -> Result<()> {
-    let chip = load_chip(chip)?;
+fn check(path: &Path, chip: &str, chips: u32) -> Result<()> {
+    let chip = load_chip(chip)?.with_chips(chips)?;
     let program = load_program(path)?;
     let errors = trainyard_isa::validate_all(&program, &chip);
     if errors.is_empty() {
@@ -477,7 +488,7 @@ fn check(path: &Path, chip: &str) -> Result<()> {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    let chip = load_chip(&args.chip)?;
+    let chip = load_chip(&args.chip)?.with_chips(args.chips)?;
     let program = load_program(&args.program)?;
     let mode = if args.timed_only { Mode::TimedOnly } else { Mode::Functional };
     if args.timed_only && (args.out.is_some() || !args.inputs.is_empty()) {
