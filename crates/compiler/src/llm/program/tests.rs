@@ -25,15 +25,15 @@ struct DeviceStep {
 
 /// Runs one step functionally with the race checker on; stores the caches in `cache`.
 fn run_step(
+    chip: &ChipSpec,
     cfg: &LlmConfig,
     weights: &WeightMap,
     spec: &DecoderSpec,
     tokens: &[u32],
     cache: &mut HostCache,
 ) -> DeviceStep {
-    let chip = chip();
-    let dp = build_decoder(cfg, &chip, spec).unwrap_or_else(|e| panic!("{e}"));
-    let mut session = Session::new(&chip, &dp.program, SimOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let dp = build_decoder(cfg, chip, spec).unwrap_or_else(|e| panic!("{e}"));
+    let mut session = Session::new(chip, &dp.program, SimOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     for t in dp.program.tensors.iter().filter(|t| t.kind == trainyard_isa::TensorKind::Input) {
         let values = dp.input_values(cfg, &t.name, weights, tokens, cache).unwrap_or_else(|e| panic!("{e}"));
         let host = HostTensor::from_f32(t.shape.clone(), t.dtype, &values);
@@ -54,14 +54,21 @@ fn run_step(
 }
 
 /// Greedy generation on the device: prefill of `prompts`, then `steps − 1` decode steps.
-fn generate(cfg: &LlmConfig, weights: &WeightMap, prompts: &[Vec<u32>], steps: usize, tp: u32) -> Vec<DeviceStep> {
+fn generate(
+    chip: &ChipSpec,
+    cfg: &LlmConfig,
+    weights: &WeightMap,
+    prompts: &[Vec<u32>],
+    steps: usize,
+    tp: u32,
+) -> Vec<DeviceStep> {
     let batch = prompts.len();
     let len = prompts[0].len();
     let mut cache = HostCache::new(cfg, batch);
     let mut out = Vec::new();
     let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
     let spec = DecoderSpec { phase: Phase::Prefill { len }, batch, dtype: DType::F32, tp, reuse_layers: true };
-    out.push(run_step(cfg, weights, &spec, &flat, &mut cache));
+    out.push(run_step(chip, cfg, weights, &spec, &flat, &mut cache));
     for step in 1..steps {
         let spec = DecoderSpec {
             phase: Phase::Decode { context: len + step },
@@ -71,7 +78,7 @@ fn generate(cfg: &LlmConfig, weights: &WeightMap, prompts: &[Vec<u32>], steps: u
             reuse_layers: true,
         };
         let prev = out[step - 1].tokens.clone();
-        out.push(run_step(cfg, weights, &spec, &prev, &mut cache));
+        out.push(run_step(chip, cfg, weights, &spec, &prev, &mut cache));
     }
     out
 }
@@ -87,7 +94,7 @@ fn check_against_reference(name: &str, batch: usize, len: usize, steps: usize) {
     let weights = random_checkpoint(&cfg, 7).unwrap_or_else(|e| panic!("{e}"));
     let prompts = prompts(&cfg, batch, len);
     let want = greedy(&cfg, &weights, &prompts, steps).unwrap_or_else(|e| panic!("{e}"));
-    let got = generate(&cfg, &weights, &prompts, steps, 1);
+    let got = generate(&chip(), &cfg, &weights, &prompts, steps, 1);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         for (gl, wl) in g.logits.iter().zip(&w.logits) {
             let worst = gl.iter().zip(wl).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
@@ -186,10 +193,17 @@ fn deep_tiny(layers: u32) -> LlmConfig {
 #[test]
 fn reused_layers_equal_a_full_build() {
     let c = deep_tiny(6);
-    for phase in [Phase::Prefill { len: 130 }, Phase::Decode { context: 300 }] {
-        let spec = DecoderSpec { phase, batch: 2, dtype: DType::Bf16, tp: 1, reuse_layers: true };
-        let reused = build_decoder(&c, &chip(), &spec).unwrap_or_else(|e| panic!("{e}"));
-        let full = build_decoder(&c, &chip(), &DecoderSpec { reuse_layers: false, ..spec.clone() })
+    let trn1 = ChipSpec::by_name("trn1").and_then(|t| t.with_chips(2)).unwrap_or_else(|e| panic!("{e}"));
+    let cases = [
+        (chip(), 1, Phase::Prefill { len: 130 }),
+        (chip(), 1, Phase::Decode { context: 300 }),
+        (chip(), 2, Phase::Decode { context: 40 }),
+        (trn1, 4, Phase::Prefill { len: 20 }),
+    ];
+    for (chip, tp, phase) in cases {
+        let spec = DecoderSpec { phase, batch: 2, dtype: DType::Bf16, tp, reuse_layers: true };
+        let reused = build_decoder(&c, &chip, &spec).unwrap_or_else(|e| panic!("{e}"));
+        let full = build_decoder(&c, &chip, &DecoderSpec { reuse_layers: false, ..spec.clone() })
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(reused.notes.iter().any(|n| n.contains("layers 3-5 reuse")), "{phase:?}: {:?}", reused.notes);
         assert_eq!(reused.program.tensors, full.program.tensors, "{phase:?}");
@@ -200,5 +214,28 @@ fn reused_layers_equal_a_full_build() {
         assert_eq!(reused.ops, full.ops, "{phase:?}");
         assert_eq!(reused.inputs, full.inputs, "{phase:?}");
         assert_eq!(reused.caches, full.caches, "{phase:?}");
+        assert!(trainyard_isa::validate(&reused.program, &chip).is_ok());
+    }
+}
+
+/// TP=2 and TP=4 (KV heads replicated: 2 KV heads on 4 cores), on one trn2 chip and over
+/// two trn1 chips (2 cores each: the all-reduces and the logits all-gather cross a link),
+/// give the tokens of TP=1, and logits within f32 summation-order error.
+#[test]
+fn tensor_parallel_runs_match_tp1() {
+    let c = cfg("tiny-llama");
+    let weights = random_checkpoint(&c, 11).unwrap_or_else(|e| panic!("{e}"));
+    let prompts = prompts(&c, 2, 6);
+    let one = generate(&chip(), &c, &weights, &prompts, 3, 1);
+    let trn1 = ChipSpec::by_name("trn1").and_then(|t| t.with_chips(2)).unwrap_or_else(|e| panic!("{e}"));
+    for (chip, tp) in [(chip(), 2), (chip(), 4), (trn1, 4)] {
+        let got = generate(&chip, &c, &weights, &prompts, 3, tp);
+        for (i, (g, w)) in got.iter().zip(&one).enumerate() {
+            assert_eq!(g.tokens, w.tokens, "{} tp={tp} step {i}", chip.name);
+            for (gl, wl) in g.logits.iter().zip(&w.logits) {
+                let worst = gl.iter().zip(wl).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                assert!(worst < 1e-4, "{} tp={tp} step {i}: logits differ by {worst}", chip.name);
+            }
+        }
     }
 }
