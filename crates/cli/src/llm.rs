@@ -416,6 +416,7 @@ fn bench(quick: bool, repeat: u32, json_out: bool) -> Result<()> {
             batch: 1,
             dtype: DType::Bf16,
             tp: t.tp,
+            moe: trainyard_compiler::llm::program::MoeRouting::Uniform,
             reuse_layers: true,
         };
         let mut best: Option<PhaseRun> = None;

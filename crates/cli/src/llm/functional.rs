@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::breakdown::Breakdown;
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_compiler::llm::program::{build_decoder, DecoderSpec, HostCache, Phase, LOGITS, NEXT_TOKEN};
+use trainyard_compiler::llm::program::{build_decoder, DecoderSpec, HostCache, MoeRouting, Phase, LOGITS, NEXT_TOKEN};
 use trainyard_compiler::llm::reference::{greedy, HostWeight, WeightMap};
 use trainyard_compiler::llm::LlmConfig;
 use trainyard_isa::TensorKind;
@@ -113,7 +113,7 @@ pub fn generate(
     let mut shares = Vec::with_capacity(steps);
     for (i, reference) in want.iter().enumerate() {
         let phase = if i == 0 { Phase::Prefill { len } } else { Phase::Decode { context: len + i } };
-        let spec = DecoderSpec { phase, batch, dtype, tp, reuse_layers: true };
+        let spec = DecoderSpec { phase, batch, dtype, tp, moe: MoeRouting::Dense, reuse_layers: true };
         let dp = build_decoder(cfg, chip, &spec)?;
         let opts = SimOptions { check_races, ..SimOptions::default() };
         let mut session = Session::new(chip, &dp.program, opts)?;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_compiler::llm::program::{build_decoder, DecoderProgram, DecoderSpec, Phase};
+use trainyard_compiler::llm::program::{build_decoder, DecoderProgram, DecoderSpec, MoeRouting, Phase};
 use trainyard_compiler::llm::{plan_memory, smallest_tp, LlmConfig, MemoryPlan, TP_CANDIDATES};
 use trainyard_sim::{Mode, RunResult, SimOptions, Simulator};
 
@@ -175,7 +175,14 @@ pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> 
     let tp = plan.tp;
     let chips = tp.div_ceil(w.chip.chip.cores.max(1));
     let chip = w.chip.with_chips(chips)?;
-    let spec = |phase| DecoderSpec { phase, batch: w.batch as usize, dtype: w.dtype, tp, reuse_layers: true };
+    let spec = |phase| DecoderSpec {
+        phase,
+        batch: w.batch as usize,
+        dtype: w.dtype,
+        tp,
+        moe: MoeRouting::Uniform,
+        reuse_layers: true,
+    };
     let prefill_spec = spec(Phase::Prefill { len: w.input_len as usize });
     let decode_spec = spec(Phase::Decode { context: w.decode_context() as usize });
     // Large programs take gigabytes: the prefill's is dropped before the decode step is

@@ -9,11 +9,15 @@ use trainyard_kernels::{BuildError, HbmTensor, KernelBuilder, View};
 use super::replicate::{splice, Built, Decl};
 use super::shard::{chip_name, shard_name, shards, Shard};
 use super::{
-    CacheTensor, DecoderProgram, DecoderSpec, OpCategory, OpSpan, Phase, ProgramError, TensorSource, WeightSlice,
-    INPUT_IDS, LOGITS, NEXT_TOKEN,
+    CacheTensor, DecoderProgram, DecoderSpec, MoeRouting, OpCategory, OpSpan, Phase, ProgramError, TensorSource,
+    WeightSlice, INPUT_IDS, LOGITS, NEXT_TOKEN,
 };
+
+mod moe;
+
 use crate::llm::weights::{weight_name, Proj, WeightRole};
 use crate::llm::LlmConfig;
+use moe::MoeBufs;
 
 /// The library kernels a decoder uses, looked up once.
 struct Kernels {
@@ -27,6 +31,9 @@ struct Kernels {
     binary: Box<dyn Kernel>,
     embedding: Box<dyn Kernel>,
     argmax: Box<dyn Kernel>,
+    topk: Box<dyn Kernel>,
+    softmax: Box<dyn Kernel>,
+    reduce: Box<dyn Kernel>,
 }
 
 impl Kernels {
@@ -48,6 +55,9 @@ impl Kernels {
             binary: get("binary")?,
             embedding: get("embedding")?,
             argmax: get("argmax")?,
+            topk: get("topk")?,
+            softmax: get("softmax")?,
+            reduce: get("reduce")?,
         })
     }
 }
@@ -82,6 +92,8 @@ struct Rank {
     gathered: Option<HbmTensor>,
     /// The logits shards of the rank's chip `[P·B, Vw]` (hierarchy only).
     chip_logits: Option<HbmTensor>,
+    /// MoE scratch (MoE models).
+    moe: Option<MoeBufs>,
     /// Its segment `[1, T·h/P]` of a hierarchical all-reduce (several chips, `P` ranks each).
     seg: Option<HbmTensor>,
 }
@@ -92,6 +104,9 @@ struct ChipInputs {
     cos: HbmTensor,
     sin: HbmTensor,
     embed: HbmTensor,
+    /// MoE slot assignment (uniform routing).
+    dispatch: Option<HbmTensor>,
+    combine: Option<HbmTensor>,
 }
 
 /// Sizes of the step.
@@ -193,6 +208,19 @@ pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Res
     if cfg.tie_word_embeddings {
         notes.push("the tied LM head is a transposed copy of the embedding".into());
     }
+    match (cfg.moe, spec.moe) {
+        (Some(m), MoeRouting::Uniform) => notes.push(format!(
+            "MoE routing is not data-dependent: every expert gets ⌈T·{k}/{e}⌉ token slots (uniform load); the \
+             router and top-{k} run but the slots are a program input",
+            k = m.experts_per_token,
+            e = m.num_experts
+        )),
+        (Some(_), MoeRouting::Dense) => notes.push(
+            "MoE experts run densely on every token, gated by the renormalised top-k router probabilities (exact)"
+                .into(),
+        ),
+        (None, _) => {}
+    }
     let program = if reuse {
         // Validated before the copies: they are the validated layer 2 at addresses shifted with
         // the tensors they access, so they pass the same checks.
@@ -253,12 +281,6 @@ fn check(cfg: &LlmConfig, spec: &DecoderSpec) -> Result<Dims, ProgramError> {
         return Err(ProgramError::Unsupported {
             what: format!("a context of {cache} tokens with a {}-token sliding window", sw.size),
             why: "the attention kernels attend to the whole context; keep the context within the window".into(),
-        });
-    }
-    if cfg.moe.is_some() {
-        return Err(ProgramError::Unsupported {
-            what: "mixture of experts".into(),
-            why: "MoE layers are not emitted yet".into(),
         });
     }
     let s = spec.phase.rows_per_sequence();
@@ -335,12 +357,23 @@ impl Emitter<'_> {
         shape: &[usize],
         slice: WeightSlice,
     ) -> Result<HbmTensor, ProgramError> {
+        self.weight_from(r, sharded, hf, shape, TensorSource::Weight { name: hf.to_string(), slice })
+    }
+
+    /// [`Emitter::weight`] for any source: device tensor `base` (with the rank's or chip's suffix).
+    fn weight_from(
+        &mut self,
+        r: usize,
+        sharded: bool,
+        base: &str,
+        shape: &[usize],
+        source: TensorSource,
+    ) -> Result<HbmTensor, ProgramError> {
         let chip = self.ranks[r].chip;
-        let name = if sharded { shard_name(hf, self.spec.tp, r as u32) } else { chip_name(hf, self.chips, chip) };
+        let name = if sharded { shard_name(base, self.spec.tp, r as u32) } else { chip_name(base, self.chips, chip) };
         if let Some(t) = self.declared.get(&name) {
             return Ok(t.clone());
         }
-        let source = TensorSource::Weight { name: hf.to_string(), slice };
         self.input(chip, &name, shape, self.spec.dtype, source)
     }
 }
@@ -360,7 +393,24 @@ impl Emitter<'_> {
             let sin = self.input(chip, &name("rope.sin"), &[t, d / 2], dt, TensorSource::RopeSin)?;
             let source = TensorSource::Weight { name: EMBED.into(), slice: WeightSlice::Whole };
             let embed = self.input(chip, &name(EMBED), &[v, h], dt, source)?;
-            self.chip_inputs.push(ChipInputs { ids, cos, sin, embed });
+            let (dispatch, combine) = match self.cfg.moe {
+                Some(m) if self.spec.moe == MoeRouting::Uniform => {
+                    let (e, k) = (m.num_experts as usize, m.experts_per_token as usize);
+                    let slots = e * moe::capacity(t, k, e);
+                    (
+                        Some(self.input(
+                            chip,
+                            &name("moe.dispatch"),
+                            &[slots],
+                            DType::I32,
+                            TensorSource::MoeDispatch,
+                        )?),
+                        Some(self.input(chip, &name("moe.combine"), &[t * k], DType::I32, TensorSource::MoeCombine)?),
+                    )
+                }
+                _ => (None, None),
+            };
+            self.chip_inputs.push(ChipInputs { ids, cos, sin, embed, dispatch, combine });
         }
         if tp > 1 {
             self.logits_out = Some(self.tensor(0, trainyard_isa::TensorKind::Output, LOGITS, &[b, v], DType::F32)?);
@@ -398,6 +448,7 @@ impl Emitter<'_> {
                 )
             };
             let last = self.scratch(chip, &name("last"), &[b, h], dt)?;
+            let moe = if self.cfg.moe.is_some() { Some(self.declare_moe(chip, &name, i)?) } else { None };
             let seg = if hierarchical {
                 Some(self.scratch(chip, &name("ar_segment"), &[1, t * h / per_chip as usize], dt)?)
             } else {
@@ -441,6 +492,7 @@ impl Emitter<'_> {
                 gathered,
                 chip_logits,
                 seg,
+                moe,
             });
         }
         Ok(())
@@ -695,7 +747,11 @@ impl Emitter<'_> {
             let (x, xn) = (e.ranks[r].x.clone(), e.ranks[r].xn.clone());
             e.rmsnorm(r, &gamma, &x, &xn, t)
         })?;
-        self.mlp(l)?;
+        if self.cfg.moe.is_some() {
+            self.moe(l)?;
+        } else {
+            self.mlp(l)?;
+        }
         self.reduce_and_add("mlp", l)
     }
 

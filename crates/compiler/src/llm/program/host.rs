@@ -153,6 +153,37 @@ impl DecoderProgram {
                 Ok(v.into_iter().map(|x| x as f32).collect())
             }
             TensorSource::Cache(t) => Ok(cache.load(t, self.spec.phase.cache_len())),
+            TensorSource::Stacked { names, slice } => {
+                let mut out = Vec::new();
+                for n in names {
+                    let w = weights.get(n).ok_or_else(|| ProgramError::WeightSlice {
+                        name: n.clone(),
+                        why: "not in the checkpoint".into(),
+                    })?;
+                    out.extend(slice.extract(n, w)?);
+                }
+                Ok(out)
+            }
+            TensorSource::MoeDispatch | TensorSource::MoeCombine => {
+                let (e, k) = cfg.moe().map_or((1, 1), |m| (m.num_experts as usize, m.experts_per_token as usize));
+                let cap = (rows * k).div_ceil(e);
+                let ids: Vec<usize> = if matches!(source, TensorSource::MoeDispatch) {
+                    (0..e * cap)
+                        .map(|i| {
+                            let (ex, c) = (i / cap, i % cap);
+                            let slot = c * e + ex;
+                            if slot < rows * k {
+                                slot / k
+                            } else {
+                                0
+                            }
+                        })
+                        .collect()
+                } else {
+                    (0..rows * k).map(|slot| (slot % e) * cap + slot / e).collect()
+                };
+                Ok(ids.into_iter().map(|i| i as f32).collect())
+            }
         }
     }
 }

@@ -104,9 +104,23 @@ pub struct DecoderSpec {
     pub dtype: DType,
     /// Tensor-parallel degree: ranks `0..tp` run on cores `0..tp` (chip `r / cores per chip`).
     pub tp: u32,
+    /// How MoE layers route tokens (ignored for dense models).
+    pub moe: MoeRouting,
     /// Emit layers 0–2 through the builder and copy layer 2's instructions for the others
     /// when that is exact (see `replicate`); `false` emits every layer.
     pub reuse_layers: bool,
+}
+
+/// How a mixture-of-experts layer sends tokens to experts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoeRouting {
+    /// Every expert on every token, gated by the top-k renormalised router probabilities
+    /// (zero outside the top k): exact, `E/k` times the expert work (functional runs).
+    Dense,
+    /// `⌈T·k/E⌉` token slots per expert, filled round-robin (slot `t·k + j` to expert
+    /// `(t·k + j) mod E`): the load of uniform routing, not data-dependent (timed-only runs).
+    Uniform,
 }
 
 /// What an op does, for time shares.
@@ -244,6 +258,17 @@ pub enum TensorSource {
     RopeSin,
     /// A KV cache updated in place (decode).
     Cache(CacheTensor),
+    /// Several checkpoint weights (experts) cut alike and stacked along a new leading axis.
+    Stacked {
+        /// Checkpoint tensors, in stacking order.
+        names: Vec<String>,
+        /// The cut of each.
+        slice: WeightSlice,
+    },
+    /// MoE dispatch `[E·cap]` (i32): the token of each expert slot ([`MoeRouting::Uniform`]).
+    MoeDispatch,
+    /// MoE combine `[T·k]` (i32): the expert slot of each token's `j`-th expert.
+    MoeCombine,
 }
 
 /// One KV-cache tensor `[B, kv_heads.len(), L, D]`.

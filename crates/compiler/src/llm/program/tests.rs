@@ -67,7 +67,14 @@ fn generate(
     let mut cache = HostCache::new(cfg, batch);
     let mut out = Vec::new();
     let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
-    let spec = DecoderSpec { phase: Phase::Prefill { len }, batch, dtype: DType::F32, tp, reuse_layers: true };
+    let spec = DecoderSpec {
+        phase: Phase::Prefill { len },
+        batch,
+        dtype: DType::F32,
+        tp,
+        moe: MoeRouting::Dense,
+        reuse_layers: true,
+    };
     out.push(run_step(chip, cfg, weights, &spec, &flat, &mut cache));
     for step in 1..steps {
         let spec = DecoderSpec {
@@ -75,6 +82,7 @@ fn generate(
             batch,
             dtype: DType::F32,
             tp,
+            moe: MoeRouting::Dense,
             reuse_layers: true,
         };
         let prev = out[step - 1].tokens.clone();
@@ -120,8 +128,14 @@ fn tiny_qwen2_with_bias_and_tied_head_matches_the_reference() {
 #[test]
 fn programs_record_their_ops() {
     let c = cfg("tiny-llama");
-    let spec =
-        DecoderSpec { phase: Phase::Decode { context: 9 }, batch: 2, dtype: DType::Bf16, tp: 1, reuse_layers: true };
+    let spec = DecoderSpec {
+        phase: Phase::Decode { context: 9 },
+        batch: 2,
+        dtype: DType::Bf16,
+        tp: 1,
+        moe: MoeRouting::Dense,
+        reuse_layers: true,
+    };
     let dp = build_decoder(&c, &chip(), &spec).unwrap_or_else(|e| panic!("{e}"));
     let n = dp.program.insts.len() as u32;
     // Spans are disjoint, in order, and cover every instruction.
@@ -160,7 +174,11 @@ fn programs_record_their_ops() {
 fn bad_requests_are_named_errors() {
     let c = cfg("tiny-llama");
     let build = |phase, batch, tp| {
-        build_decoder(&c, &chip(), &DecoderSpec { phase, batch, dtype: DType::Bf16, tp, reuse_layers: true })
+        build_decoder(
+            &c,
+            &chip(),
+            &DecoderSpec { phase, batch, dtype: DType::Bf16, tp, moe: MoeRouting::Dense, reuse_layers: true },
+        )
     };
     assert!(matches!(build(Phase::Prefill { len: 4 }, 0, 1), Err(ProgramError::Invalid { what: "batch", .. })));
     assert!(matches!(build(Phase::Decode { context: 0 }, 1, 1), Err(ProgramError::Invalid { .. })));
@@ -175,6 +193,7 @@ fn bad_requests_are_named_errors() {
             batch: 1,
             dtype: DType::Bf16,
             tp: 8,
+            moe: MoeRouting::Dense,
             reuse_layers: true,
         },
     );
@@ -201,7 +220,7 @@ fn reused_layers_equal_a_full_build() {
         (trn1, 4, Phase::Prefill { len: 20 }),
     ];
     for (chip, tp, phase) in cases {
-        let spec = DecoderSpec { phase, batch: 2, dtype: DType::Bf16, tp, reuse_layers: true };
+        let spec = DecoderSpec { phase, batch: 2, dtype: DType::Bf16, tp, moe: MoeRouting::Dense, reuse_layers: true };
         let reused = build_decoder(&c, &chip, &spec).unwrap_or_else(|e| panic!("{e}"));
         let full = build_decoder(&c, &chip, &DecoderSpec { reuse_layers: false, ..spec.clone() })
             .unwrap_or_else(|e| panic!("{e}"));
@@ -238,4 +257,37 @@ fn tensor_parallel_runs_match_tp1() {
             }
         }
     }
+}
+
+#[test]
+fn tiny_mixtral_dense_routing_matches_the_reference() {
+    check_against_reference("tiny-mixtral", 2, 5, 3);
+}
+
+/// The uniform (timed-only) MoE dataflow builds for a real model and spreads the slots evenly.
+#[test]
+fn uniform_moe_programs_build_with_even_slots() {
+    let c = cfg("tiny-mixtral");
+    let spec = DecoderSpec {
+        phase: Phase::Prefill { len: 9 },
+        batch: 2,
+        dtype: DType::Bf16,
+        tp: 2,
+        moe: MoeRouting::Uniform,
+        reuse_layers: true,
+    };
+    let dp = build_decoder(&c, &chip(), &spec).unwrap_or_else(|e| panic!("{e}"));
+    assert!(dp.ops.iter().any(|o| o.label == "experts" && o.category == OpCategory::Mlp));
+    let cache = HostCache::new(&c, 2);
+    let w = WeightMap::new();
+    let dispatch = dp.input_values(&c, "moe.dispatch", &w, &[], &cache).unwrap_or_else(|e| panic!("{e}"));
+    let combine = dp.input_values(&c, "moe.combine", &w, &[], &cache).unwrap_or_else(|e| panic!("{e}"));
+    // 18 tokens × 2 experts each over 4 experts: 9 slots per expert, every slot of every token once.
+    assert_eq!((dispatch.len(), combine.len()), (36, 36));
+    for (slot, &at) in combine.iter().enumerate() {
+        assert_eq!(dispatch[at as usize] as usize, slot / 2, "slot {slot}");
+    }
+    let m = LlmConfig::bundled("mixtral-8x7b").unwrap_or_else(|e| panic!("{e}"));
+    let big = DecoderSpec { phase: Phase::Decode { context: 64 }, batch: 4, tp: 8, ..spec };
+    assert!(build_decoder(&m, &chip(), &big).is_ok());
 }
