@@ -44,6 +44,8 @@ pub struct LlmWorkload {
     pub dtype: DType,
     /// Run the simulator's race checker (slower).
     pub check_races: bool,
+    /// Spread MoE experts over the cores (`--ep`) instead of slicing every expert.
+    pub expert_parallel: bool,
 }
 
 impl LlmWorkload {
@@ -181,6 +183,7 @@ pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> 
         dtype: w.dtype,
         tp,
         moe: MoeRouting::Uniform,
+        expert_parallel: w.expert_parallel,
         reuse_layers: true,
     };
     let prefill_spec = spec(Phase::Prefill { len: w.input_len as usize });

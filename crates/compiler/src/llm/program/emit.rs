@@ -283,6 +283,20 @@ fn check(cfg: &LlmConfig, spec: &DecoderSpec) -> Result<Dims, ProgramError> {
             why: "the attention kernels attend to the whole context; keep the context within the window".into(),
         });
     }
+    if spec.expert_parallel {
+        let Some(m) = cfg.moe else {
+            return Err(ProgramError::Unsupported {
+                what: "expert parallelism".into(),
+                why: format!("{} has no experts", cfg.source()),
+            });
+        };
+        if !m.num_experts.is_multiple_of(spec.tp) {
+            return Err(ProgramError::Sharding {
+                tp: spec.tp,
+                why: format!("expert parallelism needs tp to divide the {} experts", m.num_experts),
+            });
+        }
+    }
     let s = spec.phase.rows_per_sequence();
     Ok(Dims {
         b: spec.batch,
@@ -393,19 +407,17 @@ impl Emitter<'_> {
             let sin = self.input(chip, &name("rope.sin"), &[t, d / 2], dt, TensorSource::RopeSin)?;
             let source = TensorSource::Weight { name: EMBED.into(), slice: WeightSlice::Whole };
             let embed = self.input(chip, &name(EMBED), &[v, h], dt, source)?;
+            // Uniform MoE slots shared by the chip's ranks (with expert parallelism each rank has its own).
             let (dispatch, combine) = match self.cfg.moe {
-                Some(m) if self.spec.moe == MoeRouting::Uniform => {
+                Some(m) if self.spec.moe == MoeRouting::Uniform && !self.spec.expert_parallel => {
                     let (e, k) = (m.num_experts as usize, m.experts_per_token as usize);
                     let slots = e * moe::capacity(t, k, e);
+                    let all = 0..e;
+                    let d = TensorSource::MoeDispatch { experts: all.clone() };
+                    let c = TensorSource::MoeCombine { experts: all };
                     (
-                        Some(self.input(
-                            chip,
-                            &name("moe.dispatch"),
-                            &[slots],
-                            DType::I32,
-                            TensorSource::MoeDispatch,
-                        )?),
-                        Some(self.input(chip, &name("moe.combine"), &[t * k], DType::I32, TensorSource::MoeCombine)?),
+                        Some(self.input(chip, &name("moe.dispatch"), &[slots], DType::I32, d)?),
+                        Some(self.input(chip, &name("moe.combine"), &[t * k], DType::I32, c)?),
                     )
                 }
                 _ => (None, None),
@@ -448,7 +460,7 @@ impl Emitter<'_> {
                 )
             };
             let last = self.scratch(chip, &name("last"), &[b, h], dt)?;
-            let moe = if self.cfg.moe.is_some() { Some(self.declare_moe(chip, &name, i)?) } else { None };
+            let moe = if self.cfg.moe.is_some() { Some(self.declare_moe(chip, &name, &shard)?) } else { None };
             let seg = if hierarchical {
                 Some(self.scratch(chip, &name("ar_segment"), &[1, t * h / per_chip as usize], dt)?)
             } else {

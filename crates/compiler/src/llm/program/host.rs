@@ -164,25 +164,31 @@ impl DecoderProgram {
                 }
                 Ok(out)
             }
-            TensorSource::MoeDispatch | TensorSource::MoeCombine => {
+            TensorSource::MoeDispatch { experts }
+            | TensorSource::MoeCombine { experts }
+            | TensorSource::MoeLocal { experts } => {
                 let (e, k) = cfg.moe().map_or((1, 1), |m| (m.num_experts as usize, m.experts_per_token as usize));
                 let cap = (rows * k).div_ceil(e);
-                let ids: Vec<usize> = if matches!(source, TensorSource::MoeDispatch) {
-                    (0..e * cap)
-                        .map(|i| {
-                            let (ex, c) = (i / cap, i % cap);
-                            let slot = c * e + ex;
-                            if slot < rows * k {
-                                slot / k
+                // Slot `s = t·k + j` goes to expert `s mod E`, as its `(s / E)`-th token.
+                let ids: Vec<f32> = match source {
+                    TensorSource::MoeDispatch { .. } => experts
+                        .clone()
+                        .flat_map(|ex| (0..cap).map(move |c| c * e + ex))
+                        .map(|slot| if slot < rows * k { (slot / k) as f32 } else { 0.0 })
+                        .collect(),
+                    TensorSource::MoeCombine { .. } => (0..rows * k)
+                        .map(|slot| {
+                            let ex = slot % e;
+                            if experts.contains(&ex) {
+                                ((ex - experts.start) * cap + slot / e) as f32
                             } else {
-                                0
+                                0.0
                             }
                         })
-                        .collect()
-                } else {
-                    (0..rows * k).map(|slot| (slot % e) * cap + slot / e).collect()
+                        .collect(),
+                    _ => (0..rows * k).map(|slot| f32::from(u8::from(experts.contains(&(slot % e))))).collect(),
                 };
-                Ok(ids.into_iter().map(|i| i as f32).collect())
+                Ok(ids)
             }
         }
     }

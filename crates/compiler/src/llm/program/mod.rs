@@ -106,6 +106,9 @@ pub struct DecoderSpec {
     pub tp: u32,
     /// How MoE layers route tokens (ignored for dense models).
     pub moe: MoeRouting,
+    /// MoE experts spread over the ranks (`E/tp` whole experts each) instead of every rank
+    /// holding a `1/tp` column slice of every expert.
+    pub expert_parallel: bool,
     /// Emit layers 0–2 through the builder and copy layer 2's instructions for the others
     /// when that is exact (see `replicate`); `false` emits every layer.
     pub reuse_layers: bool,
@@ -265,10 +268,23 @@ pub enum TensorSource {
         /// The cut of each.
         slice: WeightSlice,
     },
-    /// MoE dispatch `[E·cap]` (i32): the token of each expert slot ([`MoeRouting::Uniform`]).
-    MoeDispatch,
-    /// MoE combine `[T·k]` (i32): the expert slot of each token's `j`-th expert.
-    MoeCombine,
+    /// MoE dispatch `[n·cap]` (i32): the token of each slot of experts `experts`
+    /// ([`MoeRouting::Uniform`]).
+    MoeDispatch {
+        /// The experts whose slots these are.
+        experts: Range<usize>,
+    },
+    /// MoE combine `[T·k]` (i32): the slot (among those of `experts`) of each token's `j`-th
+    /// expert, 0 when that expert is not among them.
+    MoeCombine {
+        /// The experts whose slots are gathered.
+        experts: Range<usize>,
+    },
+    /// MoE `[T, k, 1]`: 1 where a token's `j`-th expert is among `experts`, else 0.
+    MoeLocal {
+        /// The experts of the rank.
+        experts: Range<usize>,
+    },
 }
 
 /// One KV-cache tensor `[B, kv_heads.len(), L, D]`.

@@ -62,6 +62,19 @@ fn generate(
     steps: usize,
     tp: u32,
 ) -> Vec<DeviceStep> {
+    generate_ep(chip, cfg, weights, prompts, steps, tp, false)
+}
+
+/// [`generate`], optionally with the MoE experts spread over the ranks.
+fn generate_ep(
+    chip: &ChipSpec,
+    cfg: &LlmConfig,
+    weights: &WeightMap,
+    prompts: &[Vec<u32>],
+    steps: usize,
+    tp: u32,
+    expert_parallel: bool,
+) -> Vec<DeviceStep> {
     let batch = prompts.len();
     let len = prompts[0].len();
     let mut cache = HostCache::new(cfg, batch);
@@ -73,6 +86,7 @@ fn generate(
         dtype: DType::F32,
         tp,
         moe: MoeRouting::Dense,
+        expert_parallel,
         reuse_layers: true,
     };
     out.push(run_step(chip, cfg, weights, &spec, &flat, &mut cache));
@@ -83,6 +97,7 @@ fn generate(
             dtype: DType::F32,
             tp,
             moe: MoeRouting::Dense,
+            expert_parallel,
             reuse_layers: true,
         };
         let prev = out[step - 1].tokens.clone();
@@ -134,6 +149,7 @@ fn programs_record_their_ops() {
         dtype: DType::Bf16,
         tp: 1,
         moe: MoeRouting::Dense,
+        expert_parallel: false,
         reuse_layers: true,
     };
     let dp = build_decoder(&c, &chip(), &spec).unwrap_or_else(|e| panic!("{e}"));
@@ -177,7 +193,15 @@ fn bad_requests_are_named_errors() {
         build_decoder(
             &c,
             &chip(),
-            &DecoderSpec { phase, batch, dtype: DType::Bf16, tp, moe: MoeRouting::Dense, reuse_layers: true },
+            &DecoderSpec {
+                phase,
+                batch,
+                dtype: DType::Bf16,
+                tp,
+                moe: MoeRouting::Dense,
+                expert_parallel: false,
+                reuse_layers: true,
+            },
         )
     };
     assert!(matches!(build(Phase::Prefill { len: 4 }, 0, 1), Err(ProgramError::Invalid { what: "batch", .. })));
@@ -194,6 +218,7 @@ fn bad_requests_are_named_errors() {
             dtype: DType::Bf16,
             tp: 8,
             moe: MoeRouting::Dense,
+            expert_parallel: false,
             reuse_layers: true,
         },
     );
@@ -220,7 +245,15 @@ fn reused_layers_equal_a_full_build() {
         (trn1, 4, Phase::Prefill { len: 20 }),
     ];
     for (chip, tp, phase) in cases {
-        let spec = DecoderSpec { phase, batch: 2, dtype: DType::Bf16, tp, moe: MoeRouting::Dense, reuse_layers: true };
+        let spec = DecoderSpec {
+            phase,
+            batch: 2,
+            dtype: DType::Bf16,
+            tp,
+            moe: MoeRouting::Dense,
+            expert_parallel: false,
+            reuse_layers: true,
+        };
         let reused = build_decoder(&c, &chip, &spec).unwrap_or_else(|e| panic!("{e}"));
         let full = build_decoder(&c, &chip, &DecoderSpec { reuse_layers: false, ..spec.clone() })
             .unwrap_or_else(|e| panic!("{e}"));
@@ -274,6 +307,7 @@ fn uniform_moe_programs_build_with_even_slots() {
         dtype: DType::Bf16,
         tp: 2,
         moe: MoeRouting::Uniform,
+        expert_parallel: false,
         reuse_layers: true,
     };
     let dp = build_decoder(&c, &chip(), &spec).unwrap_or_else(|e| panic!("{e}"));
@@ -290,4 +324,34 @@ fn uniform_moe_programs_build_with_even_slots() {
     let m = LlmConfig::bundled("mixtral-8x7b").unwrap_or_else(|e| panic!("{e}"));
     let big = DecoderSpec { phase: Phase::Decode { context: 64 }, batch: 4, tp: 8, ..spec };
     assert!(build_decoder(&m, &chip(), &big).is_ok());
+}
+
+/// Mixtral with the experts sliced over 2 cores, or spread whole over 2 and 4 cores (expert
+/// parallelism; 4 experts), gives the tokens of one core.
+#[test]
+fn expert_parallel_moe_matches_one_core() {
+    let c = cfg("tiny-mixtral");
+    let weights = random_checkpoint(&c, 13).unwrap_or_else(|e| panic!("{e}"));
+    let prompts = prompts(&c, 2, 4);
+    let one = generate(&chip(), &c, &weights, &prompts, 2, 1);
+    for (tp, ep) in [(2, false), (2, true), (4, true)] {
+        let got = generate_ep(&chip(), &c, &weights, &prompts, 2, tp, ep);
+        for (i, (g, w)) in got.iter().zip(&one).enumerate() {
+            assert_eq!(g.tokens, w.tokens, "tp={tp} ep={ep} step {i}");
+        }
+    }
+    let spec = DecoderSpec {
+        phase: Phase::Decode { context: 8 },
+        batch: 3,
+        dtype: DType::Bf16,
+        tp: 3,
+        moe: MoeRouting::Uniform,
+        expert_parallel: true,
+        reuse_layers: true,
+    };
+    assert!(matches!(build_decoder(&c, &chip(), &spec), Err(ProgramError::Sharding { .. })));
+    let dense = DecoderSpec { tp: 2, ..spec.clone() };
+    assert!(matches!(build_decoder(&cfg("tiny-llama"), &chip(), &dense), Err(ProgramError::Unsupported { .. })));
+    let uniform = build_decoder(&c, &chip(), &DecoderSpec { tp: 4, ..spec }).unwrap_or_else(|e| panic!("{e}"));
+    assert!(uniform.inputs.contains_key("moe.local.shard3"));
 }

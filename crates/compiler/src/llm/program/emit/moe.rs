@@ -15,10 +15,13 @@
 //!   every expert gets the same load — the assumption stated for timed-only figures (the
 //!   router and top-k still run; a server would compute the slots from their output).
 
+use std::ops::Range;
+
 use trainyard_arch::DType;
 use trainyard_kernels::HbmTensor;
 
 use super::{args, Dims, Emitter};
+use crate::llm::program::shard::Shard;
 use crate::llm::program::{MoeRouting, OpCategory, ProgramError, TensorSource, WeightSlice};
 use crate::llm::weights::{weight_name, WeightRole};
 
@@ -46,6 +49,14 @@ pub(super) struct MoeBufs {
     top_p: Option<HbmTensor>,
     top_g: Option<HbmTensor>,
     yk: Option<HbmTensor>,
+    /// Uniform with expert parallelism: the rank's own slot tables (dispatch `[n·cap]`,
+    /// combine `[T·k]`, and `[T, k, 1]` which of a token's experts are the rank's).
+    dispatch: Option<HbmTensor>,
+    combine: Option<HbmTensor>,
+    local: Option<HbmTensor>,
+    /// The experts the rank runs and their columns.
+    experts: Range<usize>,
+    cols: Range<usize>,
 }
 
 /// Token slots per expert in the uniform dataflow.
@@ -54,22 +65,32 @@ pub(super) fn capacity(t: usize, k: usize, e: usize) -> usize {
 }
 
 impl Emitter<'_> {
-    /// Declares rank `r`'s MoE scratch on `chip`.
+    /// Declares the MoE scratch (and, with expert parallelism, the slot tables) of the rank
+    /// holding `shard` on `chip`.
     pub(super) fn declare_moe(
         &mut self,
         chip: u32,
         name: &dyn Fn(&str) -> String,
-        i_r: usize,
+        shard: &Shard,
     ) -> Result<MoeBufs, ProgramError> {
         let Dims { t, h, .. } = self.dims;
         let (e, k) = self.moe_sizes();
         let dt = self.spec.dtype;
         let dense = self.spec.moe == MoeRouting::Dense;
+        let ep = self.spec.expert_parallel;
+        let (experts, cols) = if ep {
+            let n = e / self.spec.tp as usize;
+            let r = shard.rank as usize;
+            (r * n..(r + 1) * n, 0..self.cfg.intermediate_size as usize)
+        } else {
+            (0..e, shard.inter.clone())
+        };
+        let (n, c) = (experts.len(), cols.len());
         let m = if dense { t } else { capacity(t, k, e) };
         let f32s = DType::F32;
-        let mut opt = |on: bool, n: &str, shape: &[usize], d: DType| -> Result<Option<HbmTensor>, ProgramError> {
+        let mut opt = |on: bool, what: &str, shape: &[usize], d: DType| -> Result<Option<HbmTensor>, ProgramError> {
             if on {
-                Ok(Some(self.scratch(chip, &name(n), shape, d)?))
+                Ok(Some(self.scratch(chip, &name(what), shape, d)?))
             } else {
                 Ok(None)
             }
@@ -78,18 +99,31 @@ impl Emitter<'_> {
         let mask = opt(dense, "moe.mask", &[t, e], f32s)?;
         let probs = opt(dense, "moe.probs", &[t, e], f32s)?;
         let sums = opt(dense, "moe.sums", &[t], f32s)?;
-        let gates_t = opt(dense, "moe.gates_t", &[e, t, 1], dt)?;
+        let gates_t = opt(dense, "moe.gates_t", &[n, t, 1], dt)?;
         let top_p = opt(!dense, "moe.top_p", &[t, k], f32s)?;
         let top_g = opt(!dense, "moe.top_g", &[t, k, 1], dt)?;
         let yk = opt(!dense, "moe.yk", &[t * k, h], dt)?;
+        let (dispatch, combine, local) = if ep && !dense {
+            let src = |s| TensorSource::clone(&s);
+            let d = src(TensorSource::MoeDispatch { experts: experts.clone() });
+            let cmb = src(TensorSource::MoeCombine { experts: experts.clone() });
+            let l = src(TensorSource::MoeLocal { experts: experts.clone() });
+            (
+                Some(self.input(chip, &name("moe.dispatch"), &[n * m], DType::I32, d)?),
+                Some(self.input(chip, &name("moe.combine"), &[t * k], DType::I32, cmb)?),
+                Some(self.input(chip, &name("moe.local"), &[t, k, 1], dt, l)?),
+            )
+        } else {
+            (None, None, None)
+        };
         Ok(MoeBufs {
             logits: self.scratch(chip, &name("moe.logits"), &[t, e], f32s)?,
             top_v: self.scratch(chip, &name("moe.top_v"), &[t, k], f32s)?,
             top_i: self.scratch(chip, &name("moe.top_i"), &[t, k], DType::U32)?,
-            xe: self.scratch(chip, &name("moe.xe"), &[e, m, h], dt)?,
-            gate: self.scratch(chip, &name("moe.gate"), &[e, m, i_r], dt)?,
-            up: self.scratch(chip, &name("moe.up"), &[e, m, i_r], dt)?,
-            ye: self.scratch(chip, &name("moe.ye"), &[e, m, h], dt)?,
+            xe: self.scratch(chip, &name("moe.xe"), &[n, m, h], dt)?,
+            gate: self.scratch(chip, &name("moe.gate"), &[n, m, c], dt)?,
+            up: self.scratch(chip, &name("moe.up"), &[n, m, c], dt)?,
+            ye: self.scratch(chip, &name("moe.ye"), &[n, m, h], dt)?,
             kth,
             mask,
             probs,
@@ -98,6 +132,11 @@ impl Emitter<'_> {
             top_p,
             top_g,
             yk,
+            dispatch,
+            combine,
+            local,
+            experts,
+            cols,
         })
     }
 
@@ -113,17 +152,19 @@ impl Emitter<'_> {
         })
     }
 
-    /// The stacked expert weights of rank `r`: `[E, h, I_r]` (gate, up) or `[E, I_r, h]` (down).
+    /// The stacked weights of rank `r`'s experts: `[n, h, c]` (gate, up) or `[n, c, h]` (down)
+    /// for its `n` experts and `c` columns.
     fn expert_weight(&mut self, r: usize, l: u32, role: WeightRole) -> Result<HbmTensor, ProgramError> {
         let Dims { h, .. } = self.dims;
-        let (e, _) = self.moe_sizes();
-        let inter = self.ranks[r].shard.inter.clone();
+        let b = self.bufs(r)?;
+        let (experts, cols) = (b.experts.clone(), b.cols.clone());
+        let n = experts.len();
         let (shape, slice) = if role == WeightRole::Down {
-            ([e, inter.len(), h], WeightSlice::Transposed { rows: 0..h, cols: inter, width: h })
+            ([n, cols.len(), h], WeightSlice::Transposed { rows: 0..h, cols, width: h })
         } else {
-            ([e, h, inter.len()], WeightSlice::Transposed { rows: inter.clone(), cols: 0..h, width: inter.len() })
+            ([n, h, cols.len()], WeightSlice::Transposed { rows: cols.clone(), cols: 0..h, width: cols.len() })
         };
-        let names: Vec<String> = (0..e as u32).map(|x| weight_name(role, l, Some(x))).collect();
+        let names: Vec<String> = experts.map(|x| weight_name(role, l, Some(x as u32))).collect();
         let base = format!("model.layers.{l}.block_sparse_moe.experts.{}.stacked", role_tag(role));
         self.weight_from(r, true, &base, &shape, TensorSource::Stacked { names, slice })
     }
@@ -158,10 +199,10 @@ impl Emitter<'_> {
             let (xe, xn) = (b.xe.clone(), em.ranks[r].xn.clone());
             if dense {
                 // Every expert sees every token.
-                let src = xn.view().reshape(&[1, t, h]).broadcast(0, e);
+                let src = xn.view().reshape(&[1, t, h]).broadcast(0, xe.shape()[0]);
                 return em.dma(r, 2, xe.view(), src);
             }
-            let ids = em.chip_inputs[em.ranks[r].chip as usize].dispatch.clone();
+            let ids = b.dispatch.clone().or_else(|| em.chip_inputs[em.ranks[r].chip as usize].dispatch.clone());
             let ids = ids.ok_or_else(|| em.err(super::missing("MoE dispatch ids")))?;
             let rows = xe.shape()[0] * xe.shape()[1];
             let table = xn.clone();
@@ -177,8 +218,9 @@ impl Emitter<'_> {
             );
             let b = em.bufs(r)?;
             let (xe, g, u, ye) = (b.xe.clone(), b.gate.clone(), b.up.clone(), b.ye.clone());
-            let (m, i_r) = (xe.shape()[1], g.shape()[2]);
-            let bmm = |k_: usize, n: usize| args(&[m, k_, n], dt).with("out", dt.name()).with("batch", &e.to_string());
+            let (n_e, m, i_r) = (xe.shape()[0], xe.shape()[1], g.shape()[2]);
+            let bmm =
+                |k_: usize, n: usize| args(&[m, k_, n], dt).with("out", dt.name()).with("batch", &n_e.to_string());
             em.run(r, |ks| &*ks.matmul, &bmm(h, i_r), &[("a", &xe), ("b", &w1), ("c", &g)])?;
             em.run(r, |ks| &*ks.matmul, &bmm(h, i_r), &[("a", &xe), ("b", &w3), ("c", &u)])?;
             em.run(r, |ks| &*ks.swiglu, &args(g.shape(), dt), &[("a", &g), ("b", &u), ("y", &g)])?;
@@ -216,8 +258,10 @@ impl Emitter<'_> {
         let sums = self.reshaped(&sums, &[t, 1])?;
         let div = args(&[t, e], f).with("op", "div").with("b_shape", &format!("{t},1"));
         self.run(r, |ks| &*ks.binary, &div, &[("a", &probs), ("b", &sums), ("c", &probs)])?;
-        // Gates per expert, in the dtype: [T, E] → [E, T, 1].
-        let src = probs.view().permute(&[1, 0]).reshape(&[e, t, 1]);
+        // Gates of the rank's experts, in the dtype: [T, E] → [n, T, 1].
+        let experts = self.bufs(r)?.experts.clone();
+        let n = experts.len();
+        let src = probs.view().permute(&[1, 0]).slice(0, experts).reshape(&[n, t, 1]);
         self.dma(r, 1, gates_t.view(), src)
     }
 
@@ -237,15 +281,15 @@ impl Emitter<'_> {
     /// Dense combine: `y = Σ_e gate_e ⊙ ye_e`.
     fn dense_combine(&mut self, r: usize) -> Result<(), ProgramError> {
         let Dims { t, h, .. } = self.dims;
-        let (e, _) = self.moe_sizes();
         let dt = self.spec.dtype;
         let b = self.bufs(r)?;
         let (ye, gates_t) = (b.ye.clone(), b.gates_t.clone());
         let gates_t = gates_t.ok_or_else(|| self.err(super::missing("dense MoE gates")))?;
         let y = self.ranks[r].y.clone();
-        let mul = args(&[e, t, h], dt).with("op", "mul").with("b_shape", &format!("{e},{t},1"));
+        let n = ye.shape()[0];
+        let mul = args(&[n, t, h], dt).with("op", "mul").with("b_shape", &format!("{n},{t},1"));
         self.run(r, |ks| &*ks.binary, &mul, &[("a", &ye), ("b", &gates_t), ("c", &ye)])?;
-        let sum = args(&[e, t, h], dt).with("axis", "0");
+        let sum = args(&[n, t, h], dt).with("axis", "0");
         self.run(r, |ks| &*ks.reduce, &sum, &[("x", &ye), ("y", &y)])
     }
 
@@ -259,8 +303,14 @@ impl Emitter<'_> {
         let (Some(top_g), Some(yk)) = (top_g, yk) else {
             return Err(self.err(super::missing("uniform MoE scratch")));
         };
-        let ids = self.chip_inputs[self.ranks[r].chip as usize].combine.clone();
+        let local = b.local.clone();
+        let ids = b.combine.clone().or_else(|| self.chip_inputs[self.ranks[r].chip as usize].combine.clone());
         let ids = ids.ok_or_else(|| self.err(super::missing("MoE combine ids")))?;
+        if let Some(local) = local {
+            // Only the rank's experts contribute; the others' slots weigh 0.
+            let mul = args(&[t, k, 1], dt).with("op", "mul");
+            self.run(r, |ks| &*ks.binary, &mul, &[("a", &top_g), ("b", &local), ("c", &top_g)])?;
+        }
         let slots = ye.shape()[0] * ye.shape()[1];
         let table = self.reshaped(&ye, &[slots, h])?;
         let gather = args(&[t * k, slots, h], dt);
