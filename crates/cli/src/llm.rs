@@ -88,18 +88,6 @@ pub struct LlmArgs {
 
 #[derive(Subcommand)]
 enum LlmAction {
-    /// Wall time of building and simulating (timed-only) the decode steps of the speed targets.
-    Bench {
-        /// Only the Llama-3.1-8B step (skip the 64-core Llama-3.1-70B one).
-        #[arg(long)]
-        quick: bool,
-        /// Runs per workload; the best is reported.
-        #[arg(long, default_value_t = 1)]
-        repeat: u32,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
     /// Write a deterministic random `.safetensors` checkpoint of a small config.
     InitCheckpoint {
         /// A config.json.
@@ -154,9 +142,6 @@ pub fn llm(args: LlmArgs) -> Result<()> {
         let params: usize = weights.values().map(|w| w.values.len()).sum();
         say!("wrote {} ({} tensors, {params} parameters, f32, seed {seed})", output.display(), weights.len());
         return Ok(());
-    }
-    if let Some(LlmAction::Bench { quick, repeat, json }) = &args.action {
-        return bench(*quick, (*repeat).max(1), *json);
     }
     let cfg = load_config(args.model.as_deref(), args.config.as_deref())?;
     let chip = ChipSpec::by_name(&args.chip)?;
@@ -398,85 +383,6 @@ fn functional(args: &LlmArgs, cfg: LlmConfig, chip: ChipSpec, tp: TpChoice) -> R
     }
     if !args.json {
         say!("every generated token matches the host reference");
-    }
-    Ok(())
-}
-
-/// One speed target: a decode step to build and simulate, and the wall time it should take.
-struct Target {
-    model: &'static str,
-    chips: u32,
-    tp: u32,
-    context: usize,
-    limit_s: f64,
-}
-
-/// `trainyard llm bench`: build + timed-only simulation wall time of one decode step (batch 1,
-/// 2k context) of Llama-3.1-8B on one trn2 chip (tp 8) and Llama-3.1-70B on 64 cores (8 chips).
-fn bench(quick: bool, repeat: u32, json_out: bool) -> Result<()> {
-    let mut targets = vec![Target { model: "llama-3.1-8b", chips: 1, tp: 8, context: 2048, limit_s: 2.0 }];
-    if !quick {
-        targets.push(Target { model: "llama-3.1-70b", chips: 8, tp: 64, context: 2048, limit_s: 10.0 });
-    }
-    let mut rows = Vec::new();
-    for t in &targets {
-        let cfg = LlmConfig::bundled(t.model)?;
-        let chip = ChipSpec::by_name("trn2")?.with_chips(t.chips)?;
-        let spec = trainyard_compiler::llm::program::DecoderSpec {
-            phase: trainyard_compiler::llm::program::Phase::Decode { context: t.context },
-            batch: 1,
-            dtype: DType::Bf16,
-            tp: t.tp,
-            moe: trainyard_compiler::llm::program::MoeRouting::Uniform,
-            expert_parallel: false,
-            reuse_layers: true,
-        };
-        let mut best: Option<PhaseRun> = None;
-        for _ in 0..repeat {
-            let (_, _, run) = serve::run_phase(&cfg, &chip, &spec, false)?;
-            if best.as_ref().is_none_or(|b| run.build_s + run.sim_s < b.build_s + b.sim_s) {
-                best = Some(run);
-            }
-        }
-        let Some(run) = best else { continue };
-        rows.push(json!({
-            "model": t.model, "chip": "trn2", "chips": t.chips, "tp": t.tp, "batch": 1, "context": t.context,
-            "instructions": run.instructions, "build_s": run.build_s, "sim_s": run.sim_s,
-            "wall_s": run.build_s + run.sim_s, "target_s": t.limit_s, "tpot_ms": run.total_ns / 1e6,
-        }));
-    }
-    if json_out {
-        say!("{}", serde_json::to_string_pretty(&json!({ "decode_step": rows, "repeat": repeat }))?);
-        return Ok(());
-    }
-    say!("decode step, batch 1, timed-only, race check off; wall = build + simulate (best of {repeat})");
-    say!(
-        "{:<15} {:>6} {:>4} {:>8} {:>12} {:>8} {:>8} {:>8} {:>8} {:>10}",
-        "model",
-        "chips",
-        "tp",
-        "context",
-        "instructions",
-        "build s",
-        "sim s",
-        "wall s",
-        "target",
-        "TPOT ms"
-    );
-    for r in &rows {
-        say!(
-            "{:<15} {:>6} {:>4} {:>8} {:>12} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>10.3}",
-            r["model"].as_str().unwrap_or_default(),
-            r["chips"].to_string(),
-            r["tp"].to_string(),
-            r["context"].to_string(),
-            r["instructions"].to_string(),
-            r["build_s"].as_f64().unwrap_or_default(),
-            r["sim_s"].as_f64().unwrap_or_default(),
-            r["wall_s"].as_f64().unwrap_or_default(),
-            format!("≤ {}", r["target_s"]),
-            r["tpot_ms"].as_f64().unwrap_or_default(),
-        );
     }
     Ok(())
 }

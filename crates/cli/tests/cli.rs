@@ -170,7 +170,7 @@ fn convert_round_trips_text_and_binary() {
 fn demo_runs_and_checks_itself() {
     let dir = scratch("demo");
     let trace = dir.join("demo.json");
-    let out = ok(&["demo", "--shape", "128x256x512", "--trace", trace.to_str().unwrap()]);
+    let out = ok(&["demo", "--matmul", "--shape", "128x256x512", "--trace", trace.to_str().unwrap()]);
     assert!(out.contains("check: max |C - reference|") && out.contains("core0.tensor"), "{out}");
     assert!(trace.exists());
 }
@@ -189,4 +189,33 @@ fn model_reports_memory_plans_and_labelled_gpu_estimates() {
     assert!(err.contains("gpt2") && err.contains("llama-3.1-8b"), "{err}");
     let err = fails(&["run", "examples/tiny_matmul.tys", "--chip", "/nonexistent/chip.toml"]);
     assert!(err.contains("/nonexistent/chip.toml"), "{err}");
+}
+
+#[test]
+fn compare_prices_gpus_against_h100_in_json() {
+    let out = ok(&[
+        "compare",
+        "--model",
+        "llama-3.2-1b",
+        "--input-len",
+        "64",
+        "--output-len",
+        "8",
+        "--chip",
+        "h100",
+        "--chip",
+        "a100",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v["table"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let h100 = rows.iter().find(|r| r["chip"] == "h100").unwrap();
+    assert_eq!(h100["ratio_vs_baseline"].as_f64(), Some(1.0));
+    for key in
+        ["ttft_ms", "tpot_ms", "tokens_per_s", "usd_per_hour", "usd_per_m_output_tokens", "tokens_per_s_per_usd_hour"]
+    {
+        assert!(h100[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {h100}");
+    }
+    assert!(fails(&["compare", "--model", "llama-3.2-1b", "--price", "cheap"]).contains("--price"));
 }

@@ -1,9 +1,14 @@
 //! `trainyard-compiler`: from models to device programs.
 //!
-//! Today it holds [`llm`]: Hugging Face `config.json` import for the Llama, Mistral, Mixtral
-//! and Qwen2/Qwen3 families, parameter / FLOP / KV-cache accounting, a per-core memory plan
-//! for tensor-parallel inference (`--tp auto`), the decoder programs of prefill and decode
-//! steps built from the kernel library ([`llm::program`]) and their host reference
+//! [`onnx`] imports ONNX models into the [`graph`] IR (static shapes and types, shape
+//! inference), [`interp`] runs a graph on the host (the reference for every device
+//! test) and [`passes`] folds constants, removes dead code, fuses elementwise chains
+//! and MatMul+Add(+activation) and chooses partition-axis layouts.
+//!
+//! [`llm`] holds Hugging Face `config.json` import for the Llama, Mistral, Mixtral
+//! and Qwen2/Qwen3 families, parameter / FLOP / KV-cache accounting, a per-core memory
+//! plan for tensor-parallel inference (`--tp auto`), the decoder programs of prefill and
+//! decode steps built from the kernel library ([`llm::program`]) and their host reference
 //! ([`llm::reference`]).
 //!
 //! ```
@@ -25,4 +30,8 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod graph;
+pub mod interp;
 pub mod llm;
+pub mod onnx;
+pub mod passes;
