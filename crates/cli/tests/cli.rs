@@ -219,3 +219,44 @@ fn compare_prices_gpus_against_h100_in_json() {
     }
     assert!(fails(&["compare", "--model", "llama-3.2-1b", "--price", "cheap"]).contains("--price"));
 }
+
+#[test]
+fn collectives_span_chips_and_report_bandwidth() {
+    let out = ok(&[
+        "kernel",
+        "bench",
+        "all_reduce",
+        "--chip",
+        "trn2",
+        "--chips",
+        "2",
+        "--cores",
+        "4",
+        "--shape",
+        "1000",
+        "--dtype",
+        "bf16",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["chips"].as_u64(), v["check_passed"].as_bool()), (Some(2), Some(true)), "{v}");
+    assert_eq!(v["system"], "trn2.48xlarge");
+    let c = &v["collective"];
+    assert!(c["algbw_gbps"].as_f64().unwrap() > 0.0 && c["busbw_gbps"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["link_bytes"].as_u64().unwrap() > 0 && v["links"].as_object().is_some_and(|l| !l.is_empty()), "{v}");
+    // A program spanning chips is emitted, checked and run with the same --chips.
+    let dir = scratch("collective");
+    let file = dir.join("ar.tys");
+    let f = file.to_str().unwrap();
+    ok(&["kernel", "emit", "all_gather", "--chip", "trn1", "--chips", "2", "--cores", "2", "--shape", "8,4", "-o", f]);
+    assert!(ok(&["check", f, "--chip", "trn1", "--chips", "2"]).contains("ok for trn1"));
+    assert!(fails(&["check", f, "--chip", "trn1"]).contains("exceed"));
+    let out = ok(&["run", f, "--chip", "trn1", "--chips", "2", "--random-inputs", "--json"]);
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["chips"].as_u64(), Some(2));
+    assert!(p["links"].as_object().is_some_and(|l| !l.is_empty()), "{p}");
+    let err = fails(&["kernel", "bench", "all_reduce", "--chip", "trn2", "--chips", "65", "--cores", "65"]);
+    assert!(err.contains("no system of 65 chips"), "{err}");
+    let err = fails(&["kernel", "bench", "all_reduce", "--chip", "trn2", "--chips", "2", "--cores", "3"]);
+    assert!(err.contains("--cores 3"), "{err}");
+}
