@@ -271,10 +271,13 @@ fn names(declared: &[trainyard_compiler::onnx::InputInfo]) -> String {
 
 /// Strips the node name from a reason so that equal causes group together.
 fn cause(reason: &str) -> String {
-    match reason.strip_prefix("node `").and_then(|r| r.find('`').map(|i| &r[i + 1..])) {
-        Some(rest) => rest.trim_start_matches(':').trim_start().to_string(),
-        None => reason.to_string(),
+    for prefix in ["node `", "graph input `"] {
+        if let Some(rest) = reason.strip_prefix(prefix).and_then(|r| r.find('`').map(|i| &r[i + 1..])) {
+            let rest = rest.trim_start_matches(':').trim_start();
+            return if prefix == "node `" { rest.to_string() } else { format!("graph input: {rest}") };
+        }
     }
+    reason.to_string()
 }
 
 pub(crate) fn conformance(args: ConformanceArgs) -> Result<()> {

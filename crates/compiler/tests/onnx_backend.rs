@@ -26,8 +26,6 @@ const KNOWN_GAPS: &[(&str, &str)] = &[
     ("unsupported type a sequence", "sequence values are not modelled"),
     ("unsupported type an optional", "optional values are not modelled"),
     ("training-mode Dropout", "random masks cannot match the reference's generator"),
-    ("training-mode BatchNormalization", "only inference BatchNormalization is implemented"),
-    ("column-major storage_order", "MaxPool indices are row-major only"),
 ];
 
 fn data_dir() -> PathBuf {

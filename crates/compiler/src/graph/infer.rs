@@ -331,7 +331,7 @@ pub fn output_types(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
             shape[2..].fill(1);
             one(x.dtype, shape)
         }
-        Op::BatchNorm { .. } => {
+        Op::BatchNorm { momentum, .. } => {
             arity(ins, 5, 5)?;
             let x = x_or()?;
             float_input(x, "BatchNormalization input")?;
@@ -342,7 +342,12 @@ pub fn output_types(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
                 })?;
                 float_input(p, "BatchNormalization parameter")?;
             }
-            one(x.dtype, x.shape.clone())
+            let y = TensorType::new(x.dtype, x.shape.clone());
+            if momentum.is_some() {
+                let stat = TensorType::new(x.dtype, vec![x.shape[1]]);
+                return Ok(vec![y, stat.clone(), stat]);
+            }
+            Ok(vec![y])
         }
         Op::LayerNorm { axis, stats_dtype, .. } => {
             let (x, stat) = trailing_norm(ins, *axis, 3)?;
@@ -598,6 +603,57 @@ pub fn output_types(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
             shape.insert(*axis, *depth as usize);
             one(*dtype, shape)
         }
+        Op::ScatterElements { axis, .. } => {
+            arity(ins, 3, 3)?;
+            let (d, i, u) = (&ins[0], &ins[1], &ins[2]);
+            axis_ok(*axis, d.rank())?;
+            same_dtype(d, u, "data and updates")?;
+            want(i.dtype.is_int() && i.rank() == d.rank() && i.shape == u.shape, || {
+                format!("indices {i} and updates {u} must be integers and updates of one shape, of rank {}", d.rank())
+            })?;
+            one(d.dtype, d.shape.clone())
+        }
+        Op::ScatterNd { .. } => {
+            arity(ins, 3, 3)?;
+            let (d, i, u) = (&ins[0], &ins[1], &ins[2]);
+            same_dtype(d, u, "data and updates")?;
+            want(i.dtype.is_int() && i.rank() >= 1, || format!("indices must be integers of rank ≥ 1, got {i}"))?;
+            let q = i.shape[i.rank() - 1];
+            want(q <= d.rank(), || format!("index tuples of {q} exceed data rank {}", d.rank()))?;
+            let mut expect = i.shape[..i.rank() - 1].to_vec();
+            expect.extend_from_slice(&d.shape[q..]);
+            want(u.shape == expect, || format!("updates must be {expect:?}, got {:?}", u.shape))?;
+            one(d.dtype, d.shape.clone())
+        }
+        Op::ReverseSequence { batch_axis, .. } => {
+            arity(ins, 2, 2)?;
+            let (x, l) = (&ins[0], &ins[1]);
+            want(l.dtype.is_int() && l.shape == [x.shape[*batch_axis]], || {
+                format!("sequence_lens must be {} integers, got {l}", x.shape[*batch_axis])
+            })?;
+            one(x.dtype, x.shape.clone())
+        }
+        Op::Loss { reduction, with_log_prob, .. } => {
+            arity(ins, 2, 3)?;
+            let (x, t) = (&ins[0], &ins[1]);
+            float_input(x, "scores")?;
+            let mut expect = vec![x.shape[0]];
+            expect.extend_from_slice(&x.shape[2..]);
+            want(t.dtype.is_int() && t.shape == expect, || {
+                format!("target must be integers of shape {expect:?}, got {t}")
+            })?;
+            if let Some(w) = ins.get(2) {
+                want(w.shape == [x.shape[1]] && w.dtype == x.dtype, || {
+                    format!("weight must be {}[{}], got {w}", x.dtype, x.shape[1])
+                })?;
+            }
+            let loss = if *reduction == super::LossReduction::None { t.shape.clone() } else { vec![] };
+            let mut out = vec![TensorType::new(x.dtype, loss)];
+            if *with_log_prob {
+                out.push(x.clone());
+            }
+            Ok(out)
+        }
         Op::FusedElementwise(steps) => {
             want(!steps.is_empty(), || "empty fused chain".into())?;
             let shape = broadcast_all(ins.iter().map(|t| t.shape.as_slice()))?;
@@ -671,6 +727,7 @@ mod tests {
                 window: Window { pads: vec![(0, 0); 2], ..window.clone() },
                 ceil_mode: ceil,
                 with_indices: false,
+                column_major: false,
             })
         };
         assert_eq!(output_types(&pool(false), &[t(f, &[1, 1, 6, 6])]).unwrap()[0].shape, vec![1, 1, 2, 2]);

@@ -233,6 +233,32 @@ pub struct ConvTranspose {
     pub output_padding: Vec<usize>,
 }
 
+/// How a scatter combines an update with the existing value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScatterReduction {
+    /// Replace.
+    None,
+    /// Add.
+    Add,
+    /// Multiply.
+    Mul,
+    /// Maximum.
+    Max,
+    /// Minimum.
+    Min,
+}
+
+/// How a loss combines per-element values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossReduction {
+    /// Per element (the target's shape).
+    None,
+    /// Sum.
+    Sum,
+    /// Weighted mean.
+    Mean,
+}
+
 /// Pooling over a window.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pool {
@@ -242,8 +268,10 @@ pub struct Pool {
     pub window: Window,
     /// Round the output length up (a last, partial window is kept).
     pub ceil_mode: bool,
-    /// MaxPool's second output: flat indices into the input (row-major).
+    /// MaxPool's second output: flat indices into the input.
     pub with_indices: bool,
+    /// Indices count the spatial axes column-major (`storage_order = 1`).
+    pub column_major: bool,
 }
 
 /// Which softmax-like function.
@@ -423,10 +451,14 @@ pub enum Op {
     Pool(Pool),
     /// Pooling over all spatial axes.
     GlobalPool(PoolKind),
-    /// Inference batch normalization; inputs X, scale, bias, mean, var.
+    /// Batch normalization; inputs X, scale, bias, mean, var. In training mode
+    /// (`momentum` given) it normalizes with the batch statistics and also outputs the
+    /// updated running mean and variance.
     BatchNorm {
         /// Added to the variance.
         epsilon: f64,
+        /// Training mode: running = running·momentum + batch·(1 − momentum).
+        momentum: Option<f64>,
     },
     /// Normalization over axes `axis..`; inputs X, scale, optional bias; outputs Y
     /// and optionally mean and 1/σ.
@@ -510,8 +542,10 @@ pub enum Op {
         /// Report the last index among ties.
         last_index: bool,
     },
-    /// Cumulative sum along an axis.
+    /// Cumulative sum (or product) along an axis.
     CumSum {
+        /// Multiply instead of add (`CumProd`).
+        product: bool,
         /// Axis.
         axis: usize,
         /// Exclude the current element.
@@ -624,6 +658,40 @@ pub enum Op {
         on: f64,
         /// Output element type.
         dtype: DataType,
+    },
+    /// Writes `updates` into a copy of `data` at `indices` along an axis
+    /// (`ScatterElements`); inputs data, indices, updates.
+    ScatterElements {
+        /// Axis.
+        axis: usize,
+        /// How an update combines with the value there.
+        reduction: ScatterReduction,
+    },
+    /// Writes slices of `updates` at the index tuples of `indices` (`ScatterND`).
+    ScatterNd {
+        /// How an update combines with the value there.
+        reduction: ScatterReduction,
+    },
+    /// Reverses the first `lens[b]` steps of every batch entry `b`; inputs x, lens.
+    ReverseSequence {
+        /// Batch axis (0 or 1).
+        batch_axis: usize,
+        /// Time axis (the other one).
+        time_axis: usize,
+    },
+    /// Negative log-likelihood loss, over log-probabilities (`NegativeLogLikelihoodLoss`)
+    /// or over scores through a log-softmax on axis 1 (`SoftmaxCrossEntropyLoss`);
+    /// inputs x (N×C×…), target (N×…), optional weight (C). Outputs the loss and, for
+    /// the softmax form when asked, the log-probabilities.
+    Loss {
+        /// Apply log-softmax to the input first.
+        softmax: bool,
+        /// How per-element losses are combined.
+        reduction: LossReduction,
+        /// Targets equal to this contribute nothing.
+        ignore_index: Option<i64>,
+        /// Also output the log-probabilities.
+        with_log_prob: bool,
     },
     /// A chain of elementwise steps made by the fusion pass; the result is the last step's.
     FusedElementwise(Vec<FusedStep>),
