@@ -654,6 +654,10 @@ pub fn output_types(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
             }
             Ok(out)
         }
+        Op::Attention(a) => super::infer_attention::attention(a, ins),
+        Op::RotaryEmbedding { num_heads, rotary_dim, has_position_ids, .. } => {
+            super::infer_attention::rotary(*num_heads, *rotary_dim, *has_position_ids, ins)
+        }
         Op::FusedElementwise(steps) => {
             want(!steps.is_empty(), || "empty fused chain".into())?;
             let shape = broadcast_all(ins.iter().map(|t| t.shape.as_slice()))?;

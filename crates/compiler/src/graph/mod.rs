@@ -27,6 +27,7 @@
 
 mod dtype;
 pub mod infer;
+pub(crate) mod infer_attention;
 mod op;
 mod tensor;
 

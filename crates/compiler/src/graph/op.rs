@@ -233,6 +233,40 @@ pub struct ConvTranspose {
     pub output_padding: Vec<usize>,
 }
 
+/// Scaled dot-product attention (ONNX `Attention`, opsets 23–24).
+///
+/// Inputs, in order: Q, K, V, then the optional ones this op has: the additive or
+/// boolean mask, the past key and value, the non-padded KV lengths. Q, K and V are
+/// `B×S×(H·d)` when `packed`, else `B×H×S×d`; past and present keys/values are
+/// always `B×H_kv×T×d`. Outputs: Y, then (when `outputs ≥ 3`) the present key and
+/// value, then (when `outputs = 4`) the attention scores selected by `qk_output`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attention {
+    /// Query heads.
+    pub q_heads: usize,
+    /// Key/value heads (query heads are grouped onto them).
+    pub kv_heads: usize,
+    /// 3-D inputs with heads packed into the last axis.
+    pub packed: bool,
+    /// Multiplies Q·Kᵀ.
+    pub scale: f64,
+    /// Mask keys after each query's position (offset by the past length).
+    pub causal: bool,
+    /// Scores become `softcap·tanh(score/softcap)` when positive.
+    pub softcap: f64,
+    /// An `attn_mask` input is present.
+    pub has_mask: bool,
+    /// `past_key` and `past_value` inputs are present.
+    pub has_past: bool,
+    /// A `nonpad_kv_seqlen` input is present.
+    pub has_nonpad: bool,
+    /// Number of outputs (1, 3 or 4).
+    pub outputs: usize,
+    /// What the fourth output holds: 0 scaled scores (soft-capped), 1 the same, 2 with
+    /// the mask added, 3 after the softmax.
+    pub qk_output: i64,
+}
+
 /// How a scatter combines an update with the existing value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScatterReduction {
@@ -692,6 +726,21 @@ pub enum Op {
         ignore_index: Option<i64>,
         /// Also output the log-probabilities.
         with_log_prob: bool,
+    },
+    /// Scaled dot-product attention.
+    Attention(Attention),
+    /// Rotary position embedding (ONNX `RotaryEmbedding`); inputs X, cos cache, sin
+    /// cache and optionally position ids. X is `B×H×S×d`, or `B×S×(H·d)` with
+    /// `num_heads` given.
+    RotaryEmbedding {
+        /// Rotate interleaved pairs (x0,x1), (x2,x3)… instead of the two halves.
+        interleaved: bool,
+        /// Heads of a 3-D input.
+        num_heads: Option<usize>,
+        /// Leading elements of each head that rotate (the rest pass through).
+        rotary_dim: usize,
+        /// A position-id input selects the cache rows.
+        has_position_ids: bool,
     },
     /// A chain of elementwise steps made by the fusion pass; the result is the last step's.
     FusedElementwise(Vec<FusedStep>),

@@ -24,6 +24,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod attention;
 mod elementwise;
 mod linalg;
 mod movement;
@@ -90,6 +91,10 @@ pub fn eval(op: &Op, inputs: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tenso
         Op::Where => one(elementwise::where_(inputs, o)),
         Op::Cast(_) => one(elementwise::cast(x, o)),
         Op::FusedElementwise(steps) => one(elementwise::fused(steps, inputs, o)),
+        Op::Attention(a) => attention::attention(a, inputs, out),
+        Op::RotaryEmbedding { interleaved, num_heads, rotary_dim, .. } => {
+            one(attention::rotary(inputs, *interleaved, *num_heads, *rotary_dim, o))
+        }
         Op::ScatterElements { axis, reduction } => one(scatter::scatter_elements(inputs, *axis, *reduction, o)),
         Op::ScatterNd { reduction } => one(scatter::scatter_nd(inputs, *reduction, o)),
         Op::ReverseSequence { batch_axis, time_axis } => {

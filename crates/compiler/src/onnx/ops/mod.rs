@@ -2,6 +2,7 @@
 //! definition changed (from the ONNX operator changelog) and the parser that turns a
 //! node of any of those versions into an IR op. Each family lives in its own file.
 
+mod attention;
 mod elementwise;
 mod nn;
 mod reduce;
@@ -164,6 +165,9 @@ registry! {
     "SpaceToDepth" [1, 13] => shape::space_to_depth,
     "Trilu" [14] => shape::trilu,
     "OneHot" [9, 11] => shape::one_hot,
+    // attention.rs
+    "Attention" [23, 24] => attention::attention,
+    "RotaryEmbedding" [23] => attention::rotary_embedding,
     // scatter.rs
     "ScatterElements" [11, 13, 16, 18] => scatter::scatter_elements,
     "Scatter" [9, 11] => scatter::scatter_elements,
