@@ -168,8 +168,23 @@ fn trailing_norm(ins: &[TensorType], axis: usize, max_inputs: usize) -> Res<(&Te
     Ok((x, stat))
 }
 
+/// The most elements a value may have (2³² — 32 GiB of `f64`): larger shapes are
+/// refused by name rather than failing allocation.
+pub const MAX_ELEMENTS: usize = 1 << 32;
+
 /// Output types of `op` applied to inputs of types `ins`.
 pub fn output_types(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
+    let out = types_of(op, ins)?;
+    for t in &out {
+        match super::checked_numel(&t.shape) {
+            Some(n) if n <= MAX_ELEMENTS => {}
+            _ => return Err(format!("output {t} exceeds the limit of {MAX_ELEMENTS} elements")),
+        }
+    }
+    Ok(out)
+}
+
+fn types_of(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
     let one = |dtype: DataType, shape: Vec<usize>| Ok(vec![TensorType::new(dtype, shape)]);
     let x = ins.first();
     let x_or = || x.ok_or_else(|| "has no input".to_string());

@@ -15,7 +15,7 @@ fn want(cond: bool, msg: impl FnOnce() -> String) -> Res<()> {
 /// `(B, H, S, d)` of Q, K or V in either layout.
 fn heads(t: &TensorType, packed: bool, h: usize, what: &str) -> Res<[usize; 4]> {
     if packed {
-        want(t.rank() == 3 && h > 0 && t.shape[2] % h == 0, || format!("{what} {t} must be B×S×({h}·d)"))?;
+        want(t.rank() == 3 && h > 0 && t.shape[2].is_multiple_of(h), || format!("{what} {t} must be B×S×({h}·d)"))?;
         Ok([t.shape[0], h, t.shape[1], t.shape[2] / h])
     } else {
         want(t.rank() == 4 && t.shape[1] == h, || format!("{what} {t} must be B×{h}×S×d"))?;
@@ -39,7 +39,7 @@ pub(crate) fn attention_dims(a: &Attention, ins: &[TensorType]) -> Res<(usize, u
             ins[0].shape, ins[1].shape, ins[2].shape
         )
     })?;
-    want(a.q_heads % a.kv_heads == 0, || {
+    want(a.kv_heads > 0 && a.q_heads.is_multiple_of(a.kv_heads), || {
         format!("{} query heads do not group onto {} KV heads", a.q_heads, a.kv_heads)
     })?;
     let mut at = 3 + a.has_mask as usize;
@@ -109,10 +109,10 @@ pub(crate) fn rotary(
     let x = &ins[0];
     let (b, s, head) = match (x.rank(), num_heads) {
         (4, _) => (x.shape[0], x.shape[2], x.shape[3]),
-        (3, Some(h)) if h > 0 && x.shape[2] % h == 0 => (x.shape[0], x.shape[1], x.shape[2] / h),
+        (3, Some(h)) if h > 0 && x.shape[2].is_multiple_of(h) => (x.shape[0], x.shape[1], x.shape[2] / h),
         _ => return Err(format!("X {x} must be B×H×S×d, or B×S×(H·d) with num_heads")),
     };
-    want(rotary_dim <= head && rotary_dim % 2 == 0, || {
+    want(rotary_dim <= head && rotary_dim.is_multiple_of(2), || {
         format!("rotary dimension {rotary_dim} does not fit head size {head}")
     })?;
     let (cos, sin) = (&ins[1], &ins[2]);
