@@ -204,7 +204,7 @@ fn types_of(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
             same_dtype(&ins[1], &ins[2], "Where branches")?;
             one(ins[1].dtype, broadcast_all(ins.iter().map(|t| t.shape.as_slice()))?)
         }
-        Op::Cast(to) => {
+        Op::Cast { to, .. } => {
             arity(ins, 1, 1)?;
             one(*to, x_or()?.shape.clone())
         }

@@ -462,8 +462,14 @@ pub enum Op {
     Binary(Binary),
     /// `Where(cond, a, b)` (broadcasting).
     Where,
-    /// Element type conversion.
-    Cast(DataType),
+    /// Element type conversion; `saturate` decides fp8 overflow (see
+    /// [`DataType::round_float_with`]).
+    Cast {
+        /// Target type.
+        to: DataType,
+        /// Saturate out-of-range values to the fp8 maximum.
+        saturate: bool,
+    },
     /// Matrix product with numpy batching (`MatMul`).
     MatMul,
     /// `alpha·op(A)·op(B) + beta·C` with 2-D A and B; C optional, broadcast.

@@ -89,7 +89,7 @@ pub fn eval(op: &Op, inputs: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tenso
         Op::Unary(u) => one(elementwise::unary(u, x, o)),
         Op::Binary(b) => one(elementwise::binary(*b, x, inputs.get(1).ok_or("missing operand")?, o)),
         Op::Where => one(elementwise::where_(inputs, o)),
-        Op::Cast(_) => one(elementwise::cast(x, o)),
+        Op::Cast { saturate, .. } => one(elementwise::cast(x, *saturate, o)),
         Op::FusedElementwise(steps) => one(elementwise::fused(steps, inputs, o)),
         Op::Attention(a) => attention::attention(a, inputs, out),
         Op::RotaryEmbedding { interleaved, num_heads, rotary_dim, .. } => {
