@@ -670,6 +670,15 @@ fn types_of(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
             Ok(out)
         }
         Op::Attention(a) => super::infer_attention::attention(a, ins),
+        Op::QuantizeLinear { axis, block, to, .. } => super::infer_quant::quantize(ins, *axis, *block, *to, false),
+        Op::DequantizeLinear { axis, block, to } => super::infer_quant::quantize(ins, *axis, *block, *to, true),
+        Op::Einsum { inputs, output } => super::infer_quant::einsum(inputs, output, ins),
+        Op::BitCast(to) => {
+            arity(ins, 1, 1)?;
+            let x = x_or()?;
+            want(to.size() == x.dtype.size(), || format!("BitCast from {} to {to}: widths differ", x.dtype))?;
+            one(*to, x.shape.clone())
+        }
         Op::RotaryEmbedding { num_heads, rotary_dim, has_position_ids, .. } => {
             super::infer_attention::rotary(*num_heads, *rotary_dim, *has_position_ids, ins)
         }

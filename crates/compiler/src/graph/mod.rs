@@ -28,6 +28,7 @@
 mod dtype;
 pub mod infer;
 pub(crate) mod infer_attention;
+pub(crate) mod infer_quant;
 mod op;
 mod tensor;
 

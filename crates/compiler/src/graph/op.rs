@@ -733,6 +733,40 @@ pub enum Op {
         /// Also output the log-probabilities.
         with_log_prob: bool,
     },
+    /// `QuantizeLinear`: `saturate(round(x / scale) + zero_point)` into `to`; inputs x,
+    /// scale, optional zero point. Scales are per tensor, per `axis`, or per block of
+    /// `block` elements along `axis`.
+    QuantizeLinear {
+        /// Quantized axis (per-axis and blocked scales).
+        axis: usize,
+        /// Block length along `axis` (0: not blocked).
+        block: usize,
+        /// Output type (integers or fp8).
+        to: DataType,
+        /// fp8 overflow saturates.
+        saturate: bool,
+        /// Type the division is computed in (`precision`), else the input's.
+        precision: Option<DataType>,
+    },
+    /// `DequantizeLinear`: `(x − zero_point) · scale` into `to`; inputs x, scale,
+    /// optional zero point, laid out as for `QuantizeLinear`.
+    DequantizeLinear {
+        /// Quantized axis.
+        axis: usize,
+        /// Block length along `axis` (0: not blocked).
+        block: usize,
+        /// Output float type.
+        to: DataType,
+    },
+    /// Einstein summation: each input's axes and the output's, as letter numbers.
+    Einsum {
+        /// Letters of each input's axes.
+        inputs: Vec<Vec<usize>>,
+        /// Letters of the output's axes.
+        output: Vec<usize>,
+    },
+    /// The same bytes read as another type of the same width (`BitCast`).
+    BitCast(DataType),
     /// Scaled dot-product attention.
     Attention(Attention),
     /// Rotary position embedding (ONNX `RotaryEmbedding`); inputs X, cos cache, sin

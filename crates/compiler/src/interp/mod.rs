@@ -29,6 +29,7 @@ mod elementwise;
 mod linalg;
 mod movement;
 mod nn;
+mod quant;
 mod scatter;
 
 use std::collections::HashMap;
@@ -92,6 +93,12 @@ pub fn eval(op: &Op, inputs: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tenso
         Op::Cast { saturate, .. } => one(elementwise::cast(x, *saturate, o)),
         Op::FusedElementwise(steps) => one(elementwise::fused(steps, inputs, o)),
         Op::Attention(a) => attention::attention(a, inputs, out),
+        Op::QuantizeLinear { axis, block, saturate, precision, .. } => {
+            one(quant::quantize(inputs, *axis, *block, *saturate, *precision, o))
+        }
+        Op::DequantizeLinear { axis, block, .. } => one(quant::dequantize(inputs, *axis, *block, o)),
+        Op::Einsum { inputs: terms, output } => one(quant::einsum(terms, output, inputs, o)),
+        Op::BitCast(_) => one(quant::bit_cast(x, o)),
         Op::RotaryEmbedding { interleaved, num_heads, rotary_dim, .. } => {
             one(attention::rotary(inputs, *interleaved, *num_heads, *rotary_dim, o))
         }

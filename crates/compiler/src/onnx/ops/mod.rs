@@ -4,6 +4,7 @@
 
 mod attention;
 mod elementwise;
+mod misc;
 mod nn;
 mod reduce;
 mod scatter;
@@ -168,6 +169,14 @@ registry! {
     // attention.rs
     "Attention" [23, 24] => attention::attention,
     "RotaryEmbedding" [23] => attention::rotary_embedding,
+    // misc.rs
+    "QuantizeLinear" [10, 13, 19, 21, 23, 24, 25] => misc::quantize_linear,
+    "DequantizeLinear" [10, 13, 19, 21, 23, 24, 25] => misc::dequantize_linear,
+    "Einsum" [12] => misc::einsum,
+    "BitCast" [26] => misc::bit_cast,
+    "HannWindow" [17] => misc::hann_window,
+    "HammingWindow" [17] => misc::hamming_window,
+    "BlackmanWindow" [17] => misc::blackman_window,
     // scatter.rs
     "ScatterElements" [11, 13, 16, 18] => scatter::scatter_elements,
     "Scatter" [9, 11] => scatter::scatter_elements,
