@@ -32,9 +32,12 @@ pub(crate) struct InterpretArgs {
     /// Seed of --random-inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run the graph passes (folding, dead code, fusion) before interpreting.
+    /// Run the graph passes (folding, dead code, fusion, layouts) before interpreting.
     #[arg(long)]
     optimize: bool,
+    /// Print the graph IR (after --optimize's passes) before running it.
+    #[arg(long)]
+    print_graph: bool,
     /// Write every output as DIR/NAME.npy.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -198,6 +201,9 @@ pub(crate) fn interpret(args: InterpretArgs) -> Result<()> {
     let mut graph = import_for(&model, &inputs)?;
     if args.optimize {
         passes::optimize(&mut graph)?;
+    }
+    if args.print_graph {
+        say!("{graph}");
     }
     let compiled = start.elapsed();
     let runtime: HashMap<String, Tensor> = graph
