@@ -33,7 +33,7 @@ fn chips_per_instance(chip: &str) -> u32 {
 /// `1 − (1 − k/E)^batch`, of the expert weights is read (uniform routing, an
 /// assumption). Tensor parallelism all-reduces the hidden state twice per
 /// layer (after attention and after the MLP).
-fn workload(cfg: &LlmConfig, dtype: DType, batch: u32, input_len: u64, output_len: u64) -> Workload {
+pub(crate) fn workload(cfg: &LlmConfig, dtype: DType, batch: u32, input_len: u64, output_len: u64) -> Workload {
     let b = f64::from(batch);
     let bytes = dtype.size() as f64;
     let hidden = f64::from(cfg.hidden_size());
