@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_compiler::llm::program::{DecoderSpec, Phase};
+use trainyard_compiler::llm::program::{DecoderSpec, MoeRouting, Phase};
 use trainyard_compiler::llm::LlmConfig;
 
 use crate::llm::serve::run_phase;
@@ -46,7 +46,15 @@ fn case(
     let base = ChipSpec::by_name(chip)?;
     let spec_chip = base.with_chips(chips)?;
     let tp = chips * base.chip.cores;
-    let spec = DecoderSpec { phase: Phase::Decode { context }, batch, dtype: DType::Bf16, tp, reuse_layers: true };
+    let spec = DecoderSpec {
+        phase: Phase::Decode { context },
+        batch,
+        dtype: DType::Bf16,
+        tp,
+        moe: MoeRouting::Uniform,
+        expert_parallel: false,
+        reuse_layers: true,
+    };
     let t0 = Instant::now();
     let (dp, _run, phase) = run_phase(&cfg, &spec_chip, &spec, false)?;
     let wall_s = t0.elapsed().as_secs_f64();

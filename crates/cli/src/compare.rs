@@ -98,6 +98,7 @@ fn smallest_fitting_chips(req: &CompareRequest, chip: &ChipSpec) -> Result<LlmWo
             output_len: req.output_len,
             dtype: req.dtype,
             check_races: false,
+            expert_parallel: false,
         };
         match w.plan() {
             Ok(_) => return Ok(w),

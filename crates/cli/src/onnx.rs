@@ -32,9 +32,12 @@ pub(crate) struct InterpretArgs {
     /// Seed of --random-inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run the graph passes (folding, dead code, fusion) before interpreting.
+    /// Run the graph passes (folding, dead code, fusion, layouts) before interpreting.
     #[arg(long)]
     optimize: bool,
+    /// Print the graph IR (after --optimize's passes) before running it.
+    #[arg(long)]
+    print_graph: bool,
     /// Write every output as DIR/NAME.npy.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -199,6 +202,9 @@ pub(crate) fn interpret(args: InterpretArgs) -> Result<()> {
     if args.optimize {
         passes::optimize(&mut graph)?;
     }
+    if args.print_graph {
+        say!("{graph}");
+    }
     let compiled = start.elapsed();
     let runtime: HashMap<String, Tensor> = graph
         .inputs
@@ -271,10 +277,13 @@ fn names(declared: &[trainyard_compiler::onnx::InputInfo]) -> String {
 
 /// Strips the node name from a reason so that equal causes group together.
 fn cause(reason: &str) -> String {
-    match reason.strip_prefix("node `").and_then(|r| r.find('`').map(|i| &r[i + 1..])) {
-        Some(rest) => rest.trim_start_matches(':').trim_start().to_string(),
-        None => reason.to_string(),
+    for prefix in ["node `", "graph input `"] {
+        if let Some(rest) = reason.strip_prefix(prefix).and_then(|r| r.find('`').map(|i| &r[i + 1..])) {
+            let rest = rest.trim_start_matches(':').trim_start();
+            return if prefix == "node `" { rest.to_string() } else { format!("graph input: {rest}") };
+        }
     }
+    reason.to_string()
 }
 
 pub(crate) fn conformance(args: ConformanceArgs) -> Result<()> {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::breakdown::Breakdown;
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_compiler::llm::program::{build_decoder, DecoderSpec, HostCache, Phase, LOGITS, NEXT_TOKEN};
+use trainyard_compiler::llm::program::{build_decoder, DecoderSpec, HostCache, MoeRouting, Phase, LOGITS, NEXT_TOKEN};
 use trainyard_compiler::llm::reference::{greedy, HostWeight, WeightMap};
 use trainyard_compiler::llm::LlmConfig;
 use trainyard_isa::TensorKind;
@@ -44,6 +44,15 @@ pub fn write_checkpoint(path: &Path, weights: &WeightMap) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// How the functional run is spread over cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parallel {
+    /// Tensor-parallel degree.
+    pub tp: u32,
+    /// MoE experts spread over the cores.
+    pub expert_parallel: bool,
 }
 
 /// One generated step on the device, next to the reference.
@@ -87,7 +96,7 @@ pub struct Generation {
 pub fn generate(
     cfg: &LlmConfig,
     chip: &ChipSpec,
-    tp: u32,
+    par: Parallel,
     dtype: DType,
     weights: &WeightMap,
     prompts: &[Vec<u32>],
@@ -113,7 +122,15 @@ pub fn generate(
     let mut shares = Vec::with_capacity(steps);
     for (i, reference) in want.iter().enumerate() {
         let phase = if i == 0 { Phase::Prefill { len } } else { Phase::Decode { context: len + i } };
-        let spec = DecoderSpec { phase, batch, dtype, tp, reuse_layers: true };
+        let spec = DecoderSpec {
+            phase,
+            batch,
+            dtype,
+            tp: par.tp,
+            moe: MoeRouting::Dense,
+            expert_parallel: par.expert_parallel,
+            reuse_layers: true,
+        };
         let dp = build_decoder(cfg, chip, &spec)?;
         let opts = SimOptions { check_races, ..SimOptions::default() };
         let mut session = Session::new(chip, &dp.program, opts)?;
@@ -149,5 +166,5 @@ pub fn generate(
     let matches = out.iter().all(|s| s.tokens == s.reference);
     let prefill = shares.first().cloned().unwrap_or_default();
     let last_decode = if shares.len() > 1 { shares.pop() } else { None };
-    Ok(Generation { tp, dtype: dtype.name().to_string(), steps: out, matches, prefill, last_decode })
+    Ok(Generation { tp: par.tp, dtype: dtype.name().to_string(), steps: out, matches, prefill, last_decode })
 }

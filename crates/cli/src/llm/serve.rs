@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_compiler::llm::program::{build_decoder, DecoderProgram, DecoderSpec, Phase};
+use trainyard_compiler::llm::program::{build_decoder, DecoderProgram, DecoderSpec, MoeRouting, Phase};
 use trainyard_compiler::llm::{plan_memory, smallest_tp, LlmConfig, MemoryPlan, TP_CANDIDATES};
 use trainyard_sim::{Mode, RunResult, SimOptions, Simulator};
 
@@ -44,6 +44,8 @@ pub struct LlmWorkload {
     pub dtype: DType,
     /// Run the simulator's race checker (slower).
     pub check_races: bool,
+    /// Spread MoE experts over the cores (`--ep`) instead of slicing every expert.
+    pub expert_parallel: bool,
 }
 
 impl LlmWorkload {
@@ -92,6 +94,8 @@ pub struct PhaseRun {
     pub sim_s: f64,
     /// Where the time goes.
     pub breakdown: Breakdown,
+    /// Instructions per op label, summed over layers.
+    pub instructions_by_op: std::collections::BTreeMap<String, u64>,
 }
 
 /// The figures of a workload.
@@ -155,6 +159,10 @@ pub fn run_phase(
         build_s,
         sim_s,
         breakdown: Breakdown::of_run(&dp.ops, &run),
+        instructions_by_op: dp.ops.iter().fold(Default::default(), |mut m, o| {
+            *m.entry(o.label.clone()).or_default() += u64::from(o.insts.end - o.insts.start);
+            m
+        }),
     };
     Ok((dp, run, phase))
 }
@@ -167,13 +175,26 @@ pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> 
     }
     let plan = w.plan()?;
     let tp = plan.tp;
-    let spec = |phase| DecoderSpec { phase, batch: w.batch as usize, dtype: w.dtype, tp, reuse_layers: true };
+    let chips = tp.div_ceil(w.chip.chip.cores.max(1));
+    let chip = w.chip.with_chips(chips)?;
+    let spec = |phase| DecoderSpec {
+        phase,
+        batch: w.batch as usize,
+        dtype: w.dtype,
+        tp,
+        moe: MoeRouting::Uniform,
+        expert_parallel: w.expert_parallel,
+        reuse_layers: true,
+    };
     let prefill_spec = spec(Phase::Prefill { len: w.input_len as usize });
     let decode_spec = spec(Phase::Decode { context: w.decode_context() as usize });
-    let (pdp, prun, prefill) = run_phase(&w.cfg, &w.chip, &prefill_spec, w.check_races)?;
-    let (ddp, drun, decode) = run_phase(&w.cfg, &w.chip, &decode_spec, w.check_races)?;
-    if let Some(path) = trace {
-        super::trace::write(path, &w.chip, &[("prefill", &pdp, &prun), ("decode", &ddp, &drun)])?;
+    // Large programs take gigabytes: the prefill's is dropped before the decode step is
+    // built unless the trace needs both.
+    let (pdp, prun, prefill) = run_phase(&w.cfg, &chip, &prefill_spec, w.check_races)?;
+    let kept = trace.map(|_| (pdp, prun));
+    let (ddp, drun, decode) = run_phase(&w.cfg, &chip, &decode_spec, w.check_races)?;
+    if let (Some(path), Some((pdp, prun))) = (trace, &kept) {
+        super::trace::write(path, &chip, &[("prefill", pdp, prun), ("decode", &ddp, &drun)])?;
     }
     let mut notes = vec![
         format!(
@@ -182,8 +203,7 @@ pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> 
             w.input_len,
             w.decode_context()
         ),
-        "timed-only: synthetic weights, no values computed; every layer is built and simulated (no layer reuse)"
-            .to_string(),
+        "timed-only: synthetic weights, no values computed".to_string(),
         format!(
             "time shares are of the critical path of each step (see docs/llm.md); race checking {}",
             if w.check_races { "on" } else { "off (--race-check turns it on)" }
@@ -194,7 +214,7 @@ pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> 
     Ok(LlmReport {
         model: w.cfg.source().to_string(),
         chip: w.chip.name.clone(),
-        chips: tp.div_ceil(w.chip.chip.cores.max(1)),
+        chips,
         tp,
         dtype: w.dtype.name().to_string(),
         batch: w.batch,

@@ -225,6 +225,9 @@ pub(super) fn import(model: &Model, opts: &ImportOptions) -> Result<Graph, OnnxE
             }
             s
         };
+        if crate::graph::checked_numel(&shape).is_none_or(|n| n > crate::graph::infer::MAX_ELEMENTS) {
+            return Err(io_err("input", &info.name, format!("shape {shape:?} exceeds the limit of 2^32 elements")));
+        }
         // A shape declared without dims (no `shape` field) accepts any shape.
         let declared_shape = !info.dims.is_empty() || graph_input_has_shape(g, &info.name);
         if declared_shape

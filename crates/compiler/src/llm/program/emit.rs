@@ -3,17 +3,21 @@
 use std::collections::BTreeMap;
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_kernels::library::{self, Bindings, Kernel, KernelArgs};
+use trainyard_kernels::library::{self, collective, Bindings, Kernel, KernelArgs};
 use trainyard_kernels::{BuildError, HbmTensor, KernelBuilder, View};
 
 use super::replicate::{splice, Built, Decl};
 use super::shard::{chip_name, shard_name, shards, Shard};
 use super::{
-    CacheTensor, DecoderProgram, DecoderSpec, OpCategory, OpSpan, Phase, ProgramError, TensorSource, WeightSlice,
-    INPUT_IDS, LOGITS, NEXT_TOKEN,
+    CacheTensor, DecoderProgram, DecoderSpec, MoeRouting, OpCategory, OpSpan, Phase, ProgramError, TensorSource,
+    WeightSlice, INPUT_IDS, LOGITS, NEXT_TOKEN,
 };
+
+mod moe;
+
 use crate::llm::weights::{weight_name, Proj, WeightRole};
 use crate::llm::LlmConfig;
+use moe::MoeBufs;
 
 /// The library kernels a decoder uses, looked up once.
 struct Kernels {
@@ -27,6 +31,9 @@ struct Kernels {
     binary: Box<dyn Kernel>,
     embedding: Box<dyn Kernel>,
     argmax: Box<dyn Kernel>,
+    topk: Box<dyn Kernel>,
+    softmax: Box<dyn Kernel>,
+    reduce: Box<dyn Kernel>,
 }
 
 impl Kernels {
@@ -48,6 +55,9 @@ impl Kernels {
             binary: get("binary")?,
             embedding: get("embedding")?,
             argmax: get("argmax")?,
+            topk: get("topk")?,
+            softmax: get("softmax")?,
+            reduce: get("reduce")?,
         })
     }
 }
@@ -77,6 +87,15 @@ struct Rank {
     /// Last row of each sequence `[B, h]` and its logits shard `[B, Vw]` (f32).
     last: HbmTensor,
     logits: HbmTensor,
+    /// Every rank's logits shard `[tp·B, Vw]` after the all-gather (`tp > 1`; with a
+    /// hierarchy only the first rank of each chip has it).
+    gathered: Option<HbmTensor>,
+    /// The logits shards of the rank's chip `[P·B, Vw]` (hierarchy only).
+    chip_logits: Option<HbmTensor>,
+    /// MoE scratch (MoE models).
+    moe: Option<MoeBufs>,
+    /// Its segment `[1, T·h/P]` of a hierarchical all-reduce (several chips, `P` ranks each).
+    seg: Option<HbmTensor>,
 }
 
 /// Inputs every core of one chip reads.
@@ -85,6 +104,9 @@ struct ChipInputs {
     cos: HbmTensor,
     sin: HbmTensor,
     embed: HbmTensor,
+    /// MoE slot assignment (uniform routing).
+    dispatch: Option<HbmTensor>,
+    combine: Option<HbmTensor>,
 }
 
 /// Sizes of the step.
@@ -122,6 +144,10 @@ struct Emitter<'a> {
     /// The layer being emitted, and the tensors each layer declared.
     current_layer: Option<usize>,
     layer_decls: Vec<Vec<Decl>>,
+    /// The gathered logits `[B, V]` (`tp > 1`; rank 0's shard is the output otherwise).
+    logits_out: Option<HbmTensor>,
+    /// Cores per chip.
+    per_chip: u32,
 }
 
 pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Result<DecoderProgram, ProgramError> {
@@ -156,6 +182,8 @@ pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Res
         skip_emit: false,
         current_layer: None,
         layer_decls: Vec::new(),
+        logits_out: None,
+        per_chip,
     };
     e.declare(shards, per_chip)?;
     e.embedding()?;
@@ -180,8 +208,23 @@ pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Res
     if cfg.tie_word_embeddings {
         notes.push("the tied LM head is a transposed copy of the embedding".into());
     }
+    match (cfg.moe, spec.moe) {
+        (Some(m), MoeRouting::Uniform) => notes.push(format!(
+            "MoE routing is not data-dependent: every expert gets ⌈T·{k}/{e}⌉ token slots (uniform load); the \
+             router and top-{k} run but the slots are a program input",
+            k = m.experts_per_token,
+            e = m.num_experts
+        )),
+        (Some(_), MoeRouting::Dense) => notes.push(
+            "MoE experts run densely on every token, gated by the renormalised top-k router probabilities (exact)"
+                .into(),
+        ),
+        (None, _) => {}
+    }
     let program = if reuse {
-        let mut program = kb.finish_unchecked();
+        // Validated before the copies: they are the validated layer 2 at addresses shifted with
+        // the tensors they access, so they pass the same checks.
+        let mut program = kb.finish().map_err(|source| ProgramError::Build { op: "validation".into(), source })?;
         let built = Built { layers: [ranges[0].clone(), ranges[1].clone(), ranges[2].clone()], decls: layer_decls };
         if !splice(&mut program, &mut ops, &built, layers) {
             // Not periodic: emit every layer instead.
@@ -192,8 +235,6 @@ pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Res
             dp.notes.push("layer reuse did not apply (layer 2 is not layer 1 shifted): every layer was emitted".into());
             return Ok(dp);
         }
-        trainyard_isa::validate(&program, chip)
-            .map_err(|v| ProgramError::Build { op: "validation".into(), source: BuildError::from(v) })?;
         notes.push(format!(
             "layers 3-{} reuse layer 2's instruction stream (the layer's weights and caches at a fixed address \
              stride, dependencies at a fixed distance), exact because the builder emitted layer 2 as layer 1 \
@@ -242,11 +283,19 @@ fn check(cfg: &LlmConfig, spec: &DecoderSpec) -> Result<Dims, ProgramError> {
             why: "the attention kernels attend to the whole context; keep the context within the window".into(),
         });
     }
-    if cfg.moe.is_some() {
-        return Err(ProgramError::Unsupported {
-            what: "mixture of experts".into(),
-            why: "MoE layers are not emitted yet".into(),
-        });
+    if spec.expert_parallel {
+        let Some(m) = cfg.moe else {
+            return Err(ProgramError::Unsupported {
+                what: "expert parallelism".into(),
+                why: format!("{} has no experts", cfg.source()),
+            });
+        };
+        if !m.num_experts.is_multiple_of(spec.tp) {
+            return Err(ProgramError::Sharding {
+                tp: spec.tp,
+                why: format!("expert parallelism needs tp to divide the {} experts", m.num_experts),
+            });
+        }
     }
     let s = spec.phase.rows_per_sequence();
     Ok(Dims {
@@ -322,12 +371,23 @@ impl Emitter<'_> {
         shape: &[usize],
         slice: WeightSlice,
     ) -> Result<HbmTensor, ProgramError> {
+        self.weight_from(r, sharded, hf, shape, TensorSource::Weight { name: hf.to_string(), slice })
+    }
+
+    /// [`Emitter::weight`] for any source: device tensor `base` (with the rank's or chip's suffix).
+    fn weight_from(
+        &mut self,
+        r: usize,
+        sharded: bool,
+        base: &str,
+        shape: &[usize],
+        source: TensorSource,
+    ) -> Result<HbmTensor, ProgramError> {
         let chip = self.ranks[r].chip;
-        let name = if sharded { shard_name(hf, self.spec.tp, r as u32) } else { chip_name(hf, self.chips, chip) };
+        let name = if sharded { shard_name(base, self.spec.tp, r as u32) } else { chip_name(base, self.chips, chip) };
         if let Some(t) = self.declared.get(&name) {
             return Ok(t.clone());
         }
-        let source = TensorSource::Weight { name: hf.to_string(), slice };
         self.input(chip, &name, shape, self.spec.dtype, source)
     }
 }
@@ -347,9 +407,30 @@ impl Emitter<'_> {
             let sin = self.input(chip, &name("rope.sin"), &[t, d / 2], dt, TensorSource::RopeSin)?;
             let source = TensorSource::Weight { name: EMBED.into(), slice: WeightSlice::Whole };
             let embed = self.input(chip, &name(EMBED), &[v, h], dt, source)?;
-            self.chip_inputs.push(ChipInputs { ids, cos, sin, embed });
+            // Uniform MoE slots shared by the chip's ranks (with expert parallelism each rank has its own).
+            let (dispatch, combine) = match self.cfg.moe {
+                Some(m) if self.spec.moe == MoeRouting::Uniform && !self.spec.expert_parallel => {
+                    let (e, k) = (m.num_experts as usize, m.experts_per_token as usize);
+                    let slots = e * moe::capacity(t, k, e);
+                    let all = 0..e;
+                    let d = TensorSource::MoeDispatch { experts: all.clone() };
+                    let c = TensorSource::MoeCombine { experts: all };
+                    (
+                        Some(self.input(chip, &name("moe.dispatch"), &[slots], DType::I32, d)?),
+                        Some(self.input(chip, &name("moe.combine"), &[t * k], DType::I32, c)?),
+                    )
+                }
+                _ => (None, None),
+            };
+            self.chip_inputs.push(ChipInputs { ids, cos, sin, embed, dispatch, combine });
+        }
+        if tp > 1 {
+            self.logits_out = Some(self.tensor(0, trainyard_isa::TensorKind::Output, LOGITS, &[b, v], DType::F32)?);
         }
         let prefill = matches!(self.spec.phase, Phase::Prefill { .. });
+        // Several chips with the same number of ranks each reduce in a hierarchy.
+        let hierarchical = chips > 1 && per_chip > 1 && tp % per_chip == 0 && (t * h) % per_chip as usize == 0;
+        self.per_chip = per_chip;
         for shard in shards {
             let r = shard.rank;
             let chip = r / per_chip;
@@ -379,10 +460,29 @@ impl Emitter<'_> {
                 )
             };
             let last = self.scratch(chip, &name("last"), &[b, h], dt)?;
-            let logits = if tp == 1 {
-                self.tensor(chip, trainyard_isa::TensorKind::Output, LOGITS, &[b, v], DType::F32)?
+            let moe = if self.cfg.moe.is_some() { Some(self.declare_moe(chip, &name, &shard)?) } else { None };
+            let seg = if hierarchical {
+                Some(self.scratch(chip, &name("ar_segment"), &[1, t * h / per_chip as usize], dt)?)
             } else {
-                self.scratch(chip, &name("logits_shard"), &[b, vw], DType::F32)?
+                None
+            };
+            let (logits, gathered, chip_logits) = if tp == 1 {
+                (self.tensor(chip, trainyard_isa::TensorKind::Output, LOGITS, &[b, v], DType::F32)?, None, None)
+            } else {
+                let shard = self.scratch(chip, &name("logits_shard"), &[b, vw], DType::F32)?;
+                let leader = !hierarchical || r % per_chip == 0;
+                let rows = tp as usize * b;
+                let all = if leader {
+                    Some(self.scratch(chip, &name("logits_gathered"), &[rows, vw], DType::F32)?)
+                } else {
+                    None
+                };
+                let local = if hierarchical {
+                    Some(self.scratch(chip, &name("logits_chip"), &[per_chip as usize * b, vw], DType::F32)?)
+                } else {
+                    None
+                };
+                (shard, all, local)
             };
             self.ranks.push(Rank {
                 shard,
@@ -401,6 +501,10 @@ impl Emitter<'_> {
                 up,
                 last,
                 logits,
+                gathered,
+                chip_logits,
+                seg,
+                moe,
             });
         }
         Ok(())
@@ -478,15 +582,75 @@ impl Emitter<'_> {
         t.reshaped(shape).map_err(|e| self.err(e))
     }
 
-    /// Sums `parts` (one per rank) into every part.
-    fn all_reduce(&mut self, label: &str, layer: Option<u32>, _parts: Vec<HbmTensor>) -> Result<(), ProgramError> {
-        if self.spec.tp == 1 || self.skip_emit {
+    /// The cores of the ranks, in rank order.
+    fn cores(&self) -> Vec<u16> {
+        self.ranks.iter().map(|r| r.core).collect()
+    }
+
+    /// Sums `parts` (one per rank, on its chip) into every part.
+    fn all_reduce(&mut self, parts: &[HbmTensor]) -> Result<(), ProgramError> {
+        if self.skip_emit {
             return Ok(());
         }
-        Err(ProgramError::Unsupported {
-            what: format!("{label} over {} cores", self.spec.tp),
-            why: format!("collectives are not available yet (layer {layer:?})"),
-        })
+        let cores = self.cores();
+        let segs: Vec<HbmTensor> = self.ranks.iter().filter_map(|r| r.seg.clone()).collect();
+        let done = if segs.len() == parts.len() {
+            self.hierarchical_all_reduce(parts, &segs, &cores)
+        } else {
+            collective::all_reduce(&mut self.kb, parts, &cores).map(|_| ())
+        };
+        done.map_err(|e| self.err(e))
+    }
+
+    /// All-reduce over several chips in three rings: a reduce-scatter among the ranks of each
+    /// chip (segment `k` of the chip's sum lands on its `k`-th rank), an all-reduce of
+    /// segment `k` among the `k`-th ranks of all chips, and an all-gather within each chip.
+    /// The chip-to-chip rings carry `1/P` of the data over `chips − 1` hops each instead of
+    /// one ring of `tp − 1` hops, most of them between chips.
+    fn hierarchical_all_reduce(
+        &mut self,
+        parts: &[HbmTensor],
+        segs: &[HbmTensor],
+        cores: &[u16],
+    ) -> Result<(), BuildError> {
+        let p = self.per_chip as usize;
+        let chips = parts.len() / p;
+        let seg_len = segs[0].shape().iter().product::<usize>();
+        let as_rows: Vec<HbmTensor> = parts.iter().map(|t| t.reshaped(&[p, seg_len])).collect::<Result<_, _>>()?;
+        for c in 0..chips {
+            let r = c * p..(c + 1) * p;
+            collective::reduce_scatter(&mut self.kb, &as_rows[r.clone()], &segs[r.clone()], &cores[r])?;
+        }
+        for k in 0..p {
+            let group: Vec<usize> = (0..chips).map(|c| c * p + k).collect();
+            let seg: Vec<HbmTensor> = group.iter().map(|&i| segs[i].clone()).collect();
+            let gc: Vec<u16> = group.iter().map(|&i| cores[i]).collect();
+            collective::all_reduce(&mut self.kb, &seg, &gc)?;
+        }
+        for c in 0..chips {
+            let r = c * p..(c + 1) * p;
+            collective::all_gather(&mut self.kb, &segs[r.clone()], &as_rows[r.clone()], &cores[r])?;
+        }
+        Ok(())
+    }
+
+    /// All-gathers the logits shards onto rank 0 (and the ranks a ring passes them through):
+    /// one ring, or with a hierarchy a ring within each chip then one among the chips' first ranks.
+    fn gather_logits(&mut self, parts: &[HbmTensor], cores: &[u16]) -> Result<(), BuildError> {
+        let local: Vec<HbmTensor> = self.ranks.iter().filter_map(|r| r.chip_logits.clone()).collect();
+        let all: Vec<HbmTensor> = self.ranks.iter().filter_map(|r| r.gathered.clone()).collect();
+        if local.len() != parts.len() {
+            return collective::all_gather(&mut self.kb, parts, &all, cores).map(|_| ());
+        }
+        let p = self.per_chip as usize;
+        for c in 0..parts.len() / p {
+            let r = c * p..(c + 1) * p;
+            collective::all_gather(&mut self.kb, &parts[r.clone()], &local[r.clone()], &cores[r])?;
+        }
+        let leaders: Vec<usize> = (0..parts.len()).step_by(p).collect();
+        let inputs: Vec<HbmTensor> = leaders.iter().map(|&i| local[i].clone()).collect();
+        let lc: Vec<u16> = leaders.iter().map(|&i| cores[i]).collect();
+        collective::all_gather(&mut self.kb, &inputs, &all, &lc).map(|_| ())
     }
 
     fn rmsnorm(
@@ -595,7 +759,11 @@ impl Emitter<'_> {
             let (x, xn) = (e.ranks[r].x.clone(), e.ranks[r].xn.clone());
             e.rmsnorm(r, &gamma, &x, &xn, t)
         })?;
-        self.mlp(l)?;
+        if self.cfg.moe.is_some() {
+            self.moe(l)?;
+        } else {
+            self.mlp(l)?;
+        }
         self.reduce_and_add("mlp", l)
     }
 
@@ -725,7 +893,7 @@ impl Emitter<'_> {
         let parts: Vec<HbmTensor> = self.ranks.iter().map(|r| r.y.clone()).collect();
         let at = Some(l);
         if self.spec.tp > 1 {
-            self.op(&label, OpCategory::Collective, at, |e| e.all_reduce(&label, at, parts))?;
+            self.op(&label, OpCategory::Collective, at, |e| e.all_reduce(&parts))?;
         }
         self.each_rank(&format!("residual.{block}"), OpCategory::Elementwise, at, |e, r| {
             let (x, y) = (e.ranks[r].x.clone(), e.ranks[r].y.clone());
@@ -830,14 +998,34 @@ impl Emitter<'_> {
             let (last, logits) = (e.ranks[r].last.clone(), e.ranks[r].logits.clone());
             e.matmul(r, &last, &w, None, &logits, [b, h, width], DType::F32)
         })?;
-        if self.spec.tp > 1 {
-            return Err(ProgramError::Unsupported {
-                what: "gathering the logits of several cores".into(),
-                why: "collectives are not available yet".into(),
-            });
+        if let Some(out) = self.logits_out.clone() {
+            self.op("all_gather.logits", OpCategory::Collective, None, |e| {
+                if e.skip_emit {
+                    return Ok(());
+                }
+                let parts: Vec<HbmTensor> = e.ranks.iter().map(|r| r.logits.clone()).collect();
+                let cores = e.cores();
+                let done = e.gather_logits(&parts, &cores);
+                done.map_err(|err| e.err(err))
+            })?;
+            // Rank 0 keeps the real columns of every shard.
+            self.op("logits_layout", OpCategory::Layout, None, |e| {
+                let tp = e.ranks.len();
+                let Some(all) = e.ranks[0].gathered.clone() else { return Ok(()) };
+                let width = e.ranks[0].shard.vocab_width;
+                for r in 0..tp {
+                    let cols = e.ranks[r].shard.vocab.clone();
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    let src = all.view().reshape(&[tp, b, width]).at(0, r).cols(0..cols.len());
+                    e.dma(0, (r % 4) as u8, out.cols(cols), src)?;
+                }
+                Ok(())
+            })?;
         }
         self.op("argmax", OpCategory::Sampling, None, |e| {
-            let logits = e.ranks[0].logits.clone();
+            let logits = e.logits_out.clone().unwrap_or_else(|| e.ranks[0].logits.clone());
             let chip = e.ranks[0].chip;
             let next = e.tensor(chip, trainyard_isa::TensorKind::Output, NEXT_TOKEN, &[b], DType::U32)?;
             let a = args(&[b, v], DType::F32);
