@@ -115,7 +115,7 @@ fn check(case: &Case, optimize: bool) -> Vec<Vec<f32>> {
     }
     let start = Instant::now();
     let mut graph = import_for(&model, &inputs).unwrap_or_else(|e| panic!("{}: import: {e}", case.name));
-    let mut nodes = graph.nodes.len().to_string();
+    let mut nodes = format!("{} nodes", graph.nodes.len());
     if optimize {
         passes::optimize(&mut graph).unwrap_or_else(|e| panic!("{}: passes: {e}", case.name));
         nodes = format!("{nodes} ({} after the passes)", graph.nodes.len());
@@ -133,7 +133,7 @@ fn check(case: &Case, optimize: bool) -> Vec<Vec<f32>> {
         let (g, w) = (got.to_f32_vec(), want.to_f32());
         let e = error(&g, &w);
         println!(
-            "{}: {nodes} nodes, imported in {imported:.2?}, interpreted in {ran:.2?}; `{got_name}` {:?}: \
+            "{}: {nodes}, imported in {imported:.2?}, interpreted in {ran:.2?}; `{got_name}` {:?}: \
              max abs error {:.3e}, max rel error {:.3e}",
             case.name,
             got.shape(),
