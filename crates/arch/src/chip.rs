@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::system::{SystemLayout, SystemSpec};
+
 /// A chip spec that could not be read, parsed or validated. The message names
 /// the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,16 @@ pub enum SpecError {
         key: String,
         /// What is wrong with it.
         message: String,
+    },
+    /// No `[[systems]]` entry of the chip has that many chips.
+    #[error("chip `{chip}` has no system of {chips} chips: {largest}")]
+    NoSystem {
+        /// The chip.
+        chip: String,
+        /// Chips asked for.
+        chips: u32,
+        /// The largest system listed (or why none fits).
+        largest: String,
     },
     /// No bundled or on-disk chip with that name.
     #[error("unknown chip `{name}` (known: {known})")]
@@ -207,6 +219,14 @@ pub struct ChipSpec {
     /// Power facts (HW-PWR-*), when the file states them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<PowerSpec>,
+    /// Multi-chip systems (instances, UltraServers) built from this chip, with
+    /// their topology and links. Empty when the file lists none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub systems: Vec<SystemSpec>,
+    /// The system a run spans, set by [`ChipSpec::with_chips`]; `None` = one chip.
+    /// Never read from or written to a chip file.
+    #[serde(skip)]
+    pub system: Option<SystemLayout>,
 }
 
 /// How an instance-hour is paid for. Prices differ severalfold between kinds
@@ -563,6 +583,12 @@ impl ChipSpec {
         }
         if let Some(p) = &self.power {
             p.validate(path)?;
+        }
+        for (i, system) in self.systems.iter().enumerate() {
+            system.validate(self, path, i)?;
+            if self.systems[..i].iter().any(|s| s.name == system.name) {
+                return Err(bad(&format!("systems[{i}].name"), format!("`{}` is listed twice", system.name)));
+            }
         }
         Ok(())
     }

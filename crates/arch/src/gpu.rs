@@ -257,10 +257,10 @@ mod tests {
     #[test]
     fn derived_rates_follow_the_factors() {
         let h100 = GpuSpec::by_name("h100").unwrap();
-        assert!((h100.gemm_tflops_bf16() - 989.4 * 0.803).abs() < 1e-9);
-        assert!((h100.gemm_tflops_fp8().unwrap() - 1979.0 * 0.709).abs() < 1e-9);
-        assert!((h100.attention_tflops() - 989.4 * 0.627).abs() < 1e-9);
-        assert!((h100.decode_hbm_gbps() - 3350.0 * 0.887).abs() < 1e-9);
+        assert!((h100.gemm_tflops_bf16() - 989.4 * 0.699).abs() < 1e-9);
+        assert!((h100.gemm_tflops_fp8().unwrap() - 1979.0 * 0.625).abs() < 1e-9);
+        assert!((h100.attention_tflops() - 989.4 * 0.498).abs() < 1e-9);
+        assert!((h100.decode_hbm_gbps() - 3350.0 * 0.866).abs() < 1e-9);
         assert_eq!(h100.nvlink_gbps_per_direction(), 450.0);
         let b200 = GpuSpec::by_name("b200").unwrap();
         assert!(b200.allreduce_bus_gbps() > h100.allreduce_bus_gbps());
@@ -295,22 +295,22 @@ mod tests {
     #[test]
     fn bad_efficiency_is_rejected() {
         for (from, to) in
-            [("gemm = 0.803", "gemm = 1.2"), ("gemm = 0.803", "gemm = 0.0"), ("gemm = 0.803", "gemm = -0.5")]
+            [("gemm = 0.699", "gemm = 1.2"), ("gemm = 0.699", "gemm = 0.0"), ("gemm = 0.699", "gemm = -0.5")]
         {
             let err = err_of(&h100_text().replacen(from, to, 1));
             assert!(err.contains("g.toml") && err.contains("efficiency.gemm") && err.contains("(0, 1]"), "{err}");
         }
-        let err = err_of(&h100_text().replacen("hbm_decode = 0.887", "hbm_decode = 1.01", 1));
+        let err = err_of(&h100_text().replacen("hbm_decode = 0.866", "hbm_decode = 1.01", 1));
         assert!(err.contains("efficiency.hbm_decode"), "{err}");
         // Exactly 1.0 is a legal (if optimistic) factor.
-        GpuSpec::from_toml_str(&h100_text().replacen("gemm = 0.803", "gemm = 1.0", 1), Path::new("g.toml")).unwrap();
+        GpuSpec::from_toml_str(&h100_text().replacen("gemm = 0.699", "gemm = 1.0", 1), Path::new("g.toml")).unwrap();
     }
 
     #[test]
     fn fp8_factor_must_match_fp8_peak() {
         let err = err_of(&h100_text().replacen("fp8 = 1979.0", "", 1));
         assert!(err.contains("efficiency.gemm_fp8") && err.contains("absent"), "{err}");
-        let err = err_of(&h100_text().replacen("gemm_fp8 = 0.709", "", 1));
+        let err = err_of(&h100_text().replacen("gemm_fp8 = 0.625", "", 1));
         assert!(err.contains("efficiency.gemm_fp8") && err.contains("required"), "{err}");
     }
 

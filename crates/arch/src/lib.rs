@@ -5,6 +5,9 @@
 //!   round-to-nearest-even or seeded stochastic rounding ([`Rounding`]).
 //! * [`ChipSpec`] — engines, clocks, memories, DMA, links, peaks, instance
 //!   prices and power, loaded and validated from `chips/*.toml`.
+//! * [`SystemSpec`] / [`SystemLayout`] — multi-chip systems (torus, ring,
+//!   switch), their links and routes; [`ChipSpec::with_chips`] makes a spec
+//!   that spans several chips.
 //! * [`GpuSpec`] — GPU comparison points (peaks, HBM, NVLink, TDP, prices and
 //!   measured roofline efficiencies) from `chips/{a100,h100,h200,b200}.toml`.
 //!
@@ -20,8 +23,10 @@ mod dtype;
 mod gpu;
 mod minifloat;
 mod rng;
+mod system;
 
 pub use chip::*;
 pub use dtype::*;
 pub use gpu::*;
 pub use rng::SplitMix64;
+pub use system::*;

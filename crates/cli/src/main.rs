@@ -10,6 +10,7 @@ macro_rules! say {
 
 mod bench;
 mod kernels;
+mod llm;
 mod model;
 
 use std::path::{Path, PathBuf};
@@ -102,6 +103,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// LLM prefill and decode programs from the kernel library on simulated chips: TTFT, TPOT, tokens/s.
+    Llm(llm::LlmArgs),
     /// Benchmarks that print figures measured in this run.
     Bench {
         #[command(subcommand)]
@@ -241,6 +244,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench { what: BenchWhat::Sim { json, quick } } => bench::sim(json, quick),
         Command::Bench { what: BenchWhat::Kernels { json, quick } } => kernels::bench_suite(json, quick),
         Command::Kernels { json } => kernels::list(json),
+        Command::Llm(args) => llm::llm(args),
         Command::Model { model, config, dtype, batch, input_len, output_len, json } => {
             model::model(model.as_deref(), config.as_deref(), &dtype, batch, input_len, output_len, json)
         }

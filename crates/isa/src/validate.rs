@@ -219,9 +219,13 @@ impl<'a> Hbm<'a> {
                 err(t, None, format!("size of shape {:?} × {} overflows the address space", t.shape, t.dtype.name()));
                 continue;
             };
-            if end > chip.chip.hbm_bytes {
-                let cap = chip.chip.hbm_bytes;
-                err(t, None, format!("bytes [{start}, {end}) exceed the {cap}-byte HBM of {}", chip.name));
+            let cap = chip.total_hbm_bytes();
+            if end > cap {
+                let of =
+                    if chip.chips() > 1 { format!("{} × {}", chip.chips(), chip.name) } else { chip.name.clone() };
+                err(t, None, format!("bytes [{start}, {end}) exceed the {cap}-byte HBM of {of}"));
+            } else if let Some((a, b)) = straddle(chip, start, end) {
+                err(t, None, format!("bytes [{start}, {end}) straddle the HBM windows of chips {a} and {b}"));
             }
             if end > start {
                 sorted.push((start, end, i));
@@ -263,6 +267,14 @@ impl<'a> Hbm<'a> {
     }
 }
 
+/// The first and last chip of `[lo, hi)` when they differ: each chip's HBM is
+/// its own window of the system's address space, and nothing spans two.
+fn straddle(chip: &ChipSpec, lo: u64, hi: u64) -> Option<(u32, u32)> {
+    let per = chip.chip.hbm_bytes.max(1);
+    let (a, b) = (lo / per, hi.saturating_sub(1) / per);
+    (hi > lo && a != b).then_some((a as u32, b as u32))
+}
+
 // ---------------------------------------------------------------------------
 // Instruction level.
 
@@ -284,10 +296,13 @@ impl Cx<'_> {
     }
 
     fn inst(&mut self, inst: &Inst, count: usize) {
-        if u32::from(inst.core) >= self.chip.chip.cores {
-            let msg =
-                format!("core {} does not exist on {} ({} cores)", inst.core, self.chip.name, self.chip.chip.cores);
-            self.inst_err(None, msg);
+        let cores = self.chip.total_cores();
+        if u32::from(inst.core) >= cores {
+            let on = match self.chip.chips() {
+                1 => self.chip.name.clone(),
+                n => format!("{n} × {}", self.chip.name),
+            };
+            self.inst_err(None, format!("core {} does not exist on {on} ({cores} cores)", inst.core));
         }
         // Few deps per instruction: a quadratic duplicate scan beats hashing
         // (this runs once per instruction of every loaded program).
@@ -380,6 +395,13 @@ impl Cx<'_> {
                     self.op_err(name, Some("HW-MEM-HBM-LINEAR"), msg);
                 }
                 let Some((lo, hi)) = span(ap) else { return };
+                if let (Ok(l), Ok(h)) = (u64::try_from(lo), u64::try_from(hi)) {
+                    if let Some((a, b)) = straddle(self.chip, l, h) {
+                        let msg = format!("hbm bytes [{lo}, {hi}) straddle the HBM windows of chips {a} and {b}");
+                        self.op_err(name, None, msg);
+                        return;
+                    }
+                }
                 match self.hbm.find(lo, hi) {
                     Ok(_) => {}
                     Err(touched) if touched.is_empty() => {
@@ -1247,6 +1269,32 @@ mod tests {
             let text = err.to_string();
             assert!(text.starts_with(&format!("tensor `{name}`: ")) && text.contains(want), "{text}");
         }
+    }
+
+    #[test]
+    fn multi_chip_cores_and_hbm_windows() {
+        let two = chip("trn1").with_chips(2).unwrap();
+        let gib32 = 32u64 << 30;
+        // Core 3 and chip 1's HBM exist on two chips, not on one.
+        let mut p = valid();
+        p.tensors.push(decl("r", TensorKind::Scratch, BF, &[128, 128], gib32));
+        p.push(Inst { core: 3, ..Inst::new(dma(0, Ap::hbm(gib32, 128, &[128], BF), sa())) });
+        assert_eq!(validate(&p, &two), Ok(()));
+        assert!(validate(&p, &chip("trn1")).unwrap_err().to_string().contains("exceed the 34359738368-byte HBM"));
+        p.insts.last_mut().unwrap().core = 4;
+        let err = validate(&p, &two).unwrap_err().to_string();
+        assert!(err.contains("core 4 does not exist on 2 × trn1 (4 cores)"), "{err}");
+        // A tensor across the border of two chips' windows.
+        let straddling =
+            Program { tensors: vec![decl("x", TensorKind::Input, F32, &[64], gib32 - 128)], ..Program::new("t") };
+        let err = validate(&straddling, &two).unwrap_err();
+        assert!(err.to_string().contains("straddle the HBM windows of chips 0 and 1"), "{err}");
+        // An access pattern across the border names its instruction and operand.
+        let mut p = valid();
+        p.tensors.push(decl("r", TensorKind::Scratch, BF, &[128, 128], gib32));
+        p.push(Inst::new(dma(0, sa(), Ap::hbm(gib32 - 256, 128, &[128], BF))));
+        let err = expect(&p, &two, Some("src"), None);
+        assert!(err.to_string().contains("straddle the HBM windows of chips 0 and 1"), "{err}");
     }
 
     #[test]

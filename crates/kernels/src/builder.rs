@@ -2,7 +2,7 @@
 //! current core, DMA queue choice, and appending instructions with their
 //! dependencies. The instruction methods live in `insts.rs`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -133,9 +133,15 @@ impl HbmTensor {
     pub fn kind(&self) -> TensorKind {
         self.kind
     }
-    /// Byte address in HBM.
+    /// Byte address in HBM (global over a system's chips: chip `c` owns
+    /// `[c·hbm_bytes, (c+1)·hbm_bytes)`).
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.view.shape().iter().fold(self.view.dtype().size() as u64, |acc, &n| acc.saturating_mul(n as u64))
     }
 
     /// The same bytes seen with another row-major shape of as many elements,
@@ -237,9 +243,15 @@ pub struct KernelBuilder {
     chip: ChipSpec,
     program: Program,
     names: HashSet<String>,
-    hbm_next: u64,
+    /// Per chip: next free byte relative to the chip's HBM window.
+    hbm_next: Vec<u64>,
     cores: Vec<CoreMem>,
+    /// Absolute core instructions go to.
     core: u16,
+    /// `(base, count)`: `core(c)` selects absolute core `base + c`.
+    window: (u16, u16),
+    /// Scratch tensors handed out again by key (see [`KernelBuilder::hbm_workspace`]).
+    workspaces: HashMap<(u32, String), HbmTensor>,
     dma_queues: Vec<u8>,
     deps: DepTracker,
     next_serial: u64,
@@ -247,16 +259,20 @@ pub struct KernelBuilder {
 }
 
 impl KernelBuilder {
-    /// An empty kernel named `name` for `chip`, issuing to core 0.
+    /// An empty kernel named `name` for `chip`, issuing to core 0. A chip with
+    /// a system ([`ChipSpec::with_chips`]) numbers cores over all its chips
+    /// (core `g` is on chip `g / cores per chip`).
     pub fn new(name: &str, chip: &ChipSpec) -> Self {
         let queues = (DEFAULT_DMA_QUEUES as u32).min(chip.core.dma.queues).max(1) as u8;
         KernelBuilder {
             chip: chip.clone(),
             program: Program::new(name),
             names: HashSet::new(),
-            hbm_next: 0,
+            hbm_next: vec![0; chip.chips() as usize],
             cores: Vec::new(),
             core: 0,
+            window: (0, chip.total_cores().min(u16::MAX as u32) as u16),
+            workspaces: HashMap::new(),
             dma_queues: (0..queues).collect(),
             deps: DepTracker::default(),
             next_serial: (BUILDERS.fetch_add(1, Ordering::Relaxed) as u64) << 32,
@@ -269,18 +285,93 @@ impl KernelBuilder {
         &self.chip
     }
 
-    /// Sends the following instructions and tile allocations to core `c`.
+    /// Sends the following instructions and tile allocations to core `c` of
+    /// the core window: absolute core `base + c` (see [`KernelBuilder::set_core_window`]).
     pub fn core(&mut self, c: u16) -> Result<(), BuildError> {
-        if c as u32 >= self.chip.chip.cores {
-            return Err(BuildError::NoSuchCore { core: c, cores: self.chip.chip.cores });
+        let (base, count) = self.window;
+        if c >= count {
+            return Err(if self.window == self.full_window() {
+                BuildError::NoSuchCore { core: c, cores: self.chip.total_cores() }
+            } else {
+                BuildError::OutsideCoreWindow { core: c, base, count }
+            });
         }
-        self.core = c;
+        self.core = base + c;
         Ok(())
     }
 
-    /// The core instructions currently go to.
+    /// The core instructions currently go to, relative to the core window
+    /// (the absolute core when no window is set).
     pub fn current_core(&self) -> u16 {
+        self.core.saturating_sub(self.window.0)
+    }
+
+    /// The absolute core instructions currently go to (what [`Tile::core`] and
+    /// the program's instructions carry).
+    pub fn absolute_core(&self) -> u16 {
         self.core
+    }
+
+    fn full_window(&self) -> (u16, u16) {
+        (0, self.chip.total_cores().min(u16::MAX as u32) as u16)
+    }
+
+    /// Restricts [`KernelBuilder::core`] to absolute cores `base..base + count`
+    /// and selects core `base`: a library kernel emitted with `cores = n ≤
+    /// count` then runs on cores `base..base + n` without knowing it.
+    /// Tiles and instructions keep absolute core numbers.
+    pub fn set_core_window(&mut self, base: u16, count: u16) -> Result<(), BuildError> {
+        let total = self.chip.total_cores();
+        if count == 0 || base as u32 + count as u32 > total {
+            return Err(BuildError::BadCoreWindow { base, count, cores: total });
+        }
+        self.window = (base, count);
+        self.core = base;
+        Ok(())
+    }
+
+    /// The core window `(base, count)`; `(0, all cores)` when none is set.
+    pub fn core_window(&self) -> (u16, u16) {
+        self.window
+    }
+
+    /// Makes every core selectable again (window `(0, all cores)`), keeping the current core.
+    pub fn clear_core_window(&mut self) {
+        self.window = self.full_window();
+    }
+
+    /// The core window and absolute current core, for [`KernelBuilder::restore_cores`].
+    pub(crate) fn save_cores(&self) -> ((u16, u16), u16) {
+        (self.window, self.core)
+    }
+
+    /// Puts back what [`KernelBuilder::save_cores`] returned.
+    pub(crate) fn restore_cores(&mut self, (window, core): ((u16, u16), u16)) {
+        self.window = window;
+        self.core = core;
+    }
+
+    /// A scratch tensor of at least `bytes` bytes (`u8`) in chip `chip`'s HBM,
+    /// kept under `key`: later calls with the same chip and key get the same
+    /// tensor back while it is large enough (the builder orders the reuse by
+    /// its dependencies), so a library routine called once per layer does
+    /// not grow HBM use per call.
+    pub fn hbm_workspace(&mut self, chip: u32, key: &str, bytes: u64) -> Result<HbmTensor, BuildError> {
+        let slot = (chip, key.to_string());
+        if let Some(t) = self.workspaces.get(&slot).filter(|t| t.bytes() >= bytes) {
+            return Ok(t.clone());
+        }
+        let mut n = 0;
+        let name = loop {
+            let name = format!("{key}.chip{chip}.{n}");
+            if !self.names.contains(&name) {
+                break name;
+            }
+            n += 1;
+        };
+        let t = self.declare(chip, &name, &[bytes.max(1) as usize], DType::U8, TensorKind::Scratch)?;
+        self.workspaces.insert(slot, t.clone());
+        Ok(t)
     }
 
     /// Sets the DMA queues [`KernelBuilder::dma`] rotates over (default `0..4`).
@@ -329,13 +420,29 @@ impl KernelBuilder {
         &mut self.cores[core]
     }
 
+    /// The chip holding the current core (where [`KernelBuilder::hbm_input`]
+    /// and its siblings place tensors).
+    pub fn current_chip(&self) -> u32 {
+        self.chip.chip_of_core(self.core as u32)
+    }
+
+    /// Bytes still free in chip `chip`'s HBM window (0 for a chip the system does not have).
+    pub fn hbm_free_bytes(&self, chip: u32) -> u64 {
+        let used = self.hbm_next.get(chip as usize).map(|&n| align_up(n, ALIGN));
+        used.map_or(0, |u| self.chip.chip.hbm_bytes.saturating_sub(u))
+    }
+
     fn declare(
         &mut self,
+        chip: u32,
         name: &str,
         shape: &[usize],
         dtype: DType,
         kind: TensorKind,
     ) -> Result<HbmTensor, BuildError> {
+        if chip >= self.chip.chips() {
+            return Err(BuildError::NoSuchChip { tensor: name.to_string(), chip, chips: self.chip.chips() });
+        }
         if !self.names.insert(name.to_string()) {
             return Err(BuildError::DuplicateTensor { name: name.to_string() });
         }
@@ -351,16 +458,21 @@ impl KernelBuilder {
             .iter()
             .try_fold(dtype.size() as u64, |acc, &n| acc.checked_mul(n as u64))
             .ok_or_else(|| bad("size overflows"))?;
-        let offset = align_up(self.hbm_next, ALIGN);
-        let capacity = self.chip.chip.hbm_bytes;
-        if offset.checked_add(bytes).is_none_or(|end| end > capacity) {
+        let next = self.hbm_next.get(chip as usize).copied().unwrap_or(0);
+        let local = align_up(next, ALIGN);
+        let (base, capacity) = self.chip.hbm_window(chip);
+        if local.checked_add(bytes).is_none_or(|end| end > capacity) {
             return Err(BuildError::OutOfHbm {
                 tensor: name.to_string(),
+                chip,
                 requested: bytes,
-                free: capacity.saturating_sub(offset),
+                free: capacity.saturating_sub(local),
             });
         }
-        self.hbm_next = offset + bytes;
+        if let Some(n) = self.hbm_next.get_mut(chip as usize) {
+            *n = local + bytes;
+        }
+        let offset = base + local;
         self.program.tensors.push(TensorDecl {
             name: name.to_string(),
             kind,
@@ -371,19 +483,53 @@ impl KernelBuilder {
         Ok(HbmTensor { name: name.to_string(), kind, offset, view: View::hbm(name, offset, shape, dtype) })
     }
 
-    /// Declares an input tensor (bound by the caller before the run).
+    /// Declares an input tensor (bound by the caller before the run) in the
+    /// HBM of the current core's chip (chip 0 on a single chip).
     pub fn hbm_input(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<HbmTensor, BuildError> {
-        self.declare(name, shape, dtype, TensorKind::Input)
+        self.declare(self.current_chip(), name, shape, dtype, TensorKind::Input)
     }
 
-    /// Declares an output tensor (read back after the run).
+    /// Declares an output tensor (read back after the run) in the HBM of the current core's chip.
     pub fn hbm_output(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<HbmTensor, BuildError> {
-        self.declare(name, shape, dtype, TensorKind::Output)
+        self.declare(self.current_chip(), name, shape, dtype, TensorKind::Output)
     }
 
-    /// Declares a scratch tensor owned by the program.
+    /// Declares a scratch tensor owned by the program in the HBM of the current core's chip.
     pub fn hbm_scratch(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<HbmTensor, BuildError> {
-        self.declare(name, shape, dtype, TensorKind::Scratch)
+        self.declare(self.current_chip(), name, shape, dtype, TensorKind::Scratch)
+    }
+
+    /// Declares an input tensor in the HBM window of chip `chip`.
+    pub fn hbm_input_on(
+        &mut self,
+        chip: u32,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<HbmTensor, BuildError> {
+        self.declare(chip, name, shape, dtype, TensorKind::Input)
+    }
+
+    /// Declares an output tensor in the HBM window of chip `chip`.
+    pub fn hbm_output_on(
+        &mut self,
+        chip: u32,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<HbmTensor, BuildError> {
+        self.declare(chip, name, shape, dtype, TensorKind::Output)
+    }
+
+    /// Declares a scratch tensor in the HBM window of chip `chip`.
+    pub fn hbm_scratch_on(
+        &mut self,
+        chip: u32,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<HbmTensor, BuildError> {
+        self.declare(chip, name, shape, dtype, TensorKind::Scratch)
     }
 
     fn tile(&mut self, space: Space, shape: &[usize], dtype: DType) -> Result<Tile, BuildError> {
@@ -688,5 +834,58 @@ mod tests {
         let kinds: Vec<TensorKind> = p.tensors.iter().map(|t| t.kind).collect();
         assert_eq!(kinds, [TensorKind::Input, TensorKind::Output, TensorKind::Scratch]);
         assert_eq!(p.tensor("x").unwrap().shape, vec![3, 5]);
+    }
+
+    #[test]
+    fn library_kernel_in_a_core_window_runs_on_those_cores_only() {
+        use crate::library::{matmul::MatMul, Bindings, Kernel, KernelArgs};
+        let c = chip("trn2");
+        let mut b = KernelBuilder::new("k", &c);
+        let mut args = KernelArgs::new(&[256, 128, 256], DType::Bf16);
+        args.cores = 2;
+        let mut io = Bindings::new();
+        for sig in MatMul.signature(&c, &args).unwrap() {
+            let t = match sig.kind {
+                TensorKind::Output => b.hbm_output(&sig.name, &sig.shape, sig.dtype).unwrap(),
+                _ => b.hbm_input(&sig.name, &sig.shape, sig.dtype).unwrap(),
+            };
+            io.insert(sig.name, t);
+        }
+        b.set_core_window(3, 2).unwrap();
+        assert_eq!((b.core_window(), b.current_core(), b.absolute_core()), ((3, 2), 0, 3));
+        MatMul.emit(&mut b, &args, &io).unwrap();
+        let cores: HashSet<u16> = b.insts().iter().map(|i| i.core).collect();
+        assert_eq!(cores, HashSet::from([3, 4]));
+        assert!(matches!(b.core(2), Err(BuildError::OutsideCoreWindow { core: 2, base: 3, count: 2 })));
+        b.core(1).unwrap();
+        let t = b.sbuf_tile(&[4, 4], DType::F32).unwrap();
+        assert_eq!((t.core(), b.current_core()), (4, 1));
+        assert!(matches!(b.set_core_window(7, 2), Err(BuildError::BadCoreWindow { .. })));
+        assert!(matches!(b.set_core_window(0, 0), Err(BuildError::BadCoreWindow { .. })));
+        b.clear_core_window();
+        assert_eq!((b.core_window(), b.current_core()), ((0, 8), 4));
+        b.free(t).unwrap();
+        b.finish().unwrap();
+    }
+
+    #[test]
+    fn hbm_tensors_go_to_their_chips_window() {
+        let c = chip("trn2").with_chips(2).unwrap();
+        let hbm = c.chip.hbm_bytes;
+        let mut b = KernelBuilder::new("k", &c);
+        let a = b.hbm_input("a", &[4], DType::F32).unwrap();
+        let r = b.hbm_output_on(1, "r", &[4], DType::F32).unwrap();
+        b.core(9).unwrap();
+        assert_eq!(b.current_chip(), 1);
+        let s = b.hbm_scratch("s", &[4], DType::F32).unwrap();
+        let t = b.hbm_input_on(0, "t", &[4], DType::F32).unwrap();
+        assert_eq!((a.offset(), r.offset(), s.offset(), t.offset()), (0, hbm, hbm + 64, 64));
+        assert_eq!(b.hbm_free_bytes(1), hbm - 128);
+        let e = b.hbm_scratch_on(1, "big", &[(hbm / 4) as usize], DType::F32).unwrap_err();
+        assert!(matches!(e, BuildError::OutOfHbm { chip: 1, .. }) && e.to_string().contains("chip 1"), "{e}");
+        assert!(e.to_string().contains("128 over"), "{e}");
+        assert!(matches!(b.hbm_input_on(2, "x", &[4], DType::F32), Err(BuildError::NoSuchChip { chip: 2, .. })));
+        assert!(matches!(b.core(16), Err(BuildError::NoSuchCore { cores: 16, .. })));
+        b.finish().unwrap();
     }
 }

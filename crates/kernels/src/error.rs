@@ -40,11 +40,16 @@ pub enum BuildError {
         /// Largest free block, bytes per partition.
         largest: u64,
     },
-    /// The chip's HBM cannot hold another tensor.
-    #[error("out of HBM: tensor `{tensor}` needs {requested} bytes, {free} free")]
+    /// A chip's HBM cannot hold another tensor.
+    #[error(
+        "out of HBM on chip {chip}: tensor `{tensor}` needs {requested} bytes, {free} free ({} over)",
+        requested.saturating_sub(*free)
+    )]
     OutOfHbm {
         /// The tensor being declared.
         tensor: String,
+        /// The chip whose HBM is full.
+        chip: u32,
         /// Its size in bytes.
         requested: u64,
         /// Bytes left.
@@ -76,13 +81,43 @@ pub enum BuildError {
         /// What is wrong with it.
         message: String,
     },
-    /// `core(c)` with a core the chip does not have.
-    #[error("core {core} does not exist (the chip has {cores} cores)")]
+    /// `core(c)` with a core the chip (or system) does not have.
+    #[error("core {core} does not exist ({cores} cores over all chips)")]
     NoSuchCore {
         /// Requested core.
         core: u16,
         /// Cores of the chip.
         cores: u32,
+    },
+    /// `core(c)` outside the core window set by `set_core_window`.
+    #[error("core {core} is outside the core window (cores {base}..{} as 0..{count})", *base as u32 + *count as u32)]
+    OutsideCoreWindow {
+        /// Requested core, relative to the window.
+        core: u16,
+        /// First absolute core of the window.
+        base: u16,
+        /// Cores in the window.
+        count: u16,
+    },
+    /// A core window that is empty or runs past the last core.
+    #[error("core window {base}..{} is empty or past the last core ({cores} cores)", *base as u32 + *count as u32)]
+    BadCoreWindow {
+        /// First absolute core.
+        base: u16,
+        /// Cores in the window.
+        count: u16,
+        /// Cores of the system.
+        cores: u32,
+    },
+    /// A tensor placed on a chip the system does not have.
+    #[error("tensor `{tensor}`: chip {chip} does not exist (the system has {chips} chips)")]
+    NoSuchChip {
+        /// The tensor being declared.
+        tensor: String,
+        /// Requested chip.
+        chip: u32,
+        /// Chips of the system.
+        chips: u32,
     },
     /// A DMA queue the core does not have.
     #[error("DMA queue {queue} does not exist (a core has {queues} queues)")]

@@ -509,9 +509,9 @@ mod tests {
     fn memory_bound_decode_is_weights_over_bandwidth() {
         let g = h100();
         let s = gpu_step_time(&g, &tiny_decode(), 1, DType::Bf16).unwrap();
-        let hbm = 3350e9 * 0.887;
+        let hbm = 3350e9 * g.efficiency.hbm_decode;
         assert!(rel(s.memory_s, (1e9 + 1e6) / hbm) < 1e-12, "{s:?}");
-        assert!(rel(s.compute_s, 1e9 / (989.4e12 * 0.803)) < 1e-12, "{s:?}");
+        assert!(rel(s.compute_s, 1e9 / (989.4e12 * g.efficiency.gemm)) < 1e-12, "{s:?}");
         assert_eq!(s.bound, Bound::Memory);
         assert_eq!(s.collective_s, 0.0);
         assert_eq!(s.total_s, s.memory_s);
@@ -521,7 +521,7 @@ mod tests {
     fn big_prefill_is_compute_bound() {
         let g = h100();
         let s = gpu_step_time(&g, &big_prefill(), 1, DType::Bf16).unwrap();
-        let want = 4096e9 / (989.4e12 * 0.803) + 1e12 / (989.4e12 * 0.627);
+        let want = 4096e9 / (989.4e12 * g.efficiency.gemm) + 1e12 / (989.4e12 * g.efficiency.attention_prefill);
         assert!(rel(s.compute_s, want) < 1e-12, "{s:?}");
         assert_eq!(s.bound, Bound::Compute);
         assert_eq!(s.total_s, s.compute_s);
@@ -565,8 +565,8 @@ mod tests {
         let p = Phase { gemm_flops: 1e15, ..Phase::default() };
         let bf16 = gpu_step_time(&g, &p, 1, DType::Bf16).unwrap();
         let fp8 = gpu_step_time(&g, &p, 1, DType::F8E4M3).unwrap();
-        assert!(rel(bf16.compute_s, 1e15 / (989.4e12 * 0.803)) < 1e-12);
-        assert!(rel(fp8.compute_s, 1e15 / (1979e12 * 0.709)) < 1e-12);
+        assert!(rel(bf16.compute_s, 1e15 / (989.4e12 * g.efficiency.gemm)) < 1e-12);
+        assert!(rel(fp8.compute_s, 1e15 / (1979e12 * g.efficiency.gemm_fp8.unwrap())) < 1e-12);
         assert_eq!(gpu_step_time(&g, &p, 1, DType::F8E5M2).unwrap(), fp8);
         // A100 has no FP8 tensor cores: FP8 weights, BF16 math.
         let a100 = GpuSpec::by_name("a100").unwrap();

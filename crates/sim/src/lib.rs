@@ -1,7 +1,8 @@
 //! `trainyard-sim`: the NeuronCore in software.
 //!
 //! [`Simulator`] runs a [`Program`] on one chip (all the cores the program
-//! uses, sharing HBM and its bandwidth) in one of two [`Mode`]s:
+//! uses, sharing HBM and its bandwidth), or on several chips of a system
+//! ([`trainyard_arch::ChipSpec::with_chips`]) on one clock, in one of two [`Mode`]s:
 //! *functional + timed* (values and time) or *timed only* (time without
 //! values). Both give identical cycle counts: no cost rule looks at values.
 //!
@@ -9,8 +10,8 @@
 //! stream; an instruction starts when its unit is free and the instructions it
 //! waits for have finished, and occupies its unit for the cost given by a named
 //! rule in [`cost`] (each citing its `shared/hw` fact). DMA transfers share
-//! their core's DMA engines and the chip's HBM bandwidth as a fluid model
-//! ([`dma`]).
+//! their core's DMA engines, each chip's HBM bandwidth and, between chips,
+//! the chip-to-chip links of the route as a fluid model ([`dma`]).
 //!
 //! The simulator also checks what the hardware would not: conflicting
 //! accesses not ordered by dependencies ([`SimError::Race`]), a cycle of waits
@@ -46,7 +47,7 @@ mod plan;
 mod race;
 mod sched;
 
-pub use sched::{InstEvent, RunResult, Simulator, UnitStats};
+pub use sched::{InstEvent, LinkStats, RunResult, Simulator, UnitStats};
 
 use trainyard_isa::{InstId, Program, Unit};
 

@@ -69,9 +69,11 @@ fn for_each_row(ap: &Ap, bpp: usize, mut row: impl FnMut(usize, Dim)) {
 }
 
 impl Memory {
+    /// HBM of `hbm_bytes` and SBUF/PSUM for each core `c` with `used[c]`
+    /// (others get none: a 64-chip system never allocates 512 cores' SRAM).
     pub fn new(
         hbm_bytes: usize,
-        cores: usize,
+        used: &[bool],
         sbuf_bytes: usize,
         psum_bytes: usize,
         sbuf_bpp: usize,
@@ -79,8 +81,8 @@ impl Memory {
     ) -> Self {
         Memory {
             hbm: AlignedBytes::zeroed(hbm_bytes),
-            sbuf: (0..cores).map(|_| AlignedBytes::zeroed(sbuf_bytes)).collect(),
-            psum: (0..cores).map(|_| AlignedBytes::zeroed(psum_bytes)).collect(),
+            sbuf: used.iter().map(|&u| AlignedBytes::zeroed(if u { sbuf_bytes } else { 0 })).collect(),
+            psum: used.iter().map(|&u| AlignedBytes::zeroed(if u { psum_bytes } else { 0 })).collect(),
             sbuf_bpp,
             psum_bpp,
         }

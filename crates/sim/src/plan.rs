@@ -11,7 +11,7 @@ use trainyard_arch::ChipSpec;
 use trainyard_isa::{Op, Program, Role, Space, Unit};
 
 use crate::cost;
-use crate::dma::{self, TransferShape};
+use crate::dma::{self, Placement, Routes, TransferShape};
 
 /// One unit (engine or DMA queue of a core) and its instruction queue.
 pub(crate) struct UnitPlan {
@@ -34,6 +34,12 @@ pub(crate) struct Plan {
     /// Index into `shapes` of DMA instructions (`u32::MAX` for compute).
     pub shape_of: Vec<u32>,
     pub shapes: Vec<TransferShape>,
+    /// Chips and route of each DMA shape.
+    pub placements: Vec<Placement>,
+    /// Per-hop latency of each DMA shape's route, ps (0 on one chip).
+    pub hop_ps: Vec<u64>,
+    /// The distinct chip-to-chip routes.
+    pub routes: Routes,
     /// Engine-ns of work per DMA shape.
     pub work_ns: Vec<f64>,
     pub flops: u64,
@@ -56,6 +62,11 @@ impl Plan {
         let mut cost_ps = vec![0u64; n];
         let mut shape_of = vec![u32::MAX; n];
         let mut shapes = Vec::new();
+        let mut placements = Vec::new();
+        let mut hop_ps = Vec::new();
+        let mut routes = Routes::default();
+        let hop_latency_ns = chip.system.as_ref().map_or(0.0, |s| s.spec.hop_latency_ns);
+        let multi_chip = chip.chips() > 1;
         let mut work_ns = Vec::new();
         let mut flops = 0u64;
         for (i, inst) in program.insts.iter().enumerate() {
@@ -85,6 +96,14 @@ impl Plan {
                     if let Some(shape) = dma::transfer_shape(chip, &inst.op) {
                         shape_of[i] = shapes.len() as u32;
                         work_ns.push(dma::transfer_work_ns(chip, &shape));
+                        let placement = match multi_chip {
+                            true => dma::placement(chip, inst.core, &inst.op, &mut routes),
+                            false => None,
+                        };
+                        let placement = placement.unwrap_or(Placement::local(shape.hbm_sides));
+                        // assumption: every link crossed adds the system's per-hop latency (HW-GAP-LIST).
+                        hop_ps.push((placement.hops as f64 * hop_latency_ns * 1000.0).round() as u64);
+                        placements.push(placement);
                         shapes.push(shape);
                     }
                 }
@@ -133,6 +152,9 @@ impl Plan {
             cost_ps,
             shape_of,
             shapes,
+            placements,
+            hop_ps,
+            routes,
             work_ns,
             flops,
             fixed_dma_ps: (chip.core.dma.fixed_latency_ns * 1000.0).round() as u64,

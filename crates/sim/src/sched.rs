@@ -62,6 +62,26 @@ pub struct RunResult {
     pub dma_bytes: u64,
     /// Bytes read from or written to HBM by DMA.
     pub hbm_bytes: u64,
+    /// Bytes carried over chip-to-chip links, summed over every link crossed
+    /// (a 2-hop transfer counts twice); 0 on one chip.
+    pub link_bytes: u64,
+    /// Per directed link that carried data (multi-chip runs), by link id.
+    pub links: Vec<LinkStats>,
+}
+
+/// Traffic of one directed chip-to-chip link (or switch port) over a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinkStats {
+    /// Dense link id of the system ([`trainyard_arch::SystemLayout::link`]).
+    pub id: u32,
+    /// Name, e.g. `chip0.x+`.
+    pub name: String,
+    /// Bandwidth, bytes/ns.
+    pub gbps: f64,
+    /// Bytes carried.
+    pub bytes: u64,
+    /// Time with at least one transfer moving data over it, ps.
+    pub busy_ps: u64,
 }
 
 struct UnitState {
@@ -83,23 +103,68 @@ const HORIZON_EVERY: u64 = 256;
 pub struct Simulator<'p> {
     chip: ChipSpec,
     program: &'p Program,
+    /// On a multi-chip system: `program` with every HBM address moved from the
+    /// system's sparse address space (chip `c` at `c·hbm_bytes`) to a dense
+    /// one holding each chip's used extent, one after the other.
+    translated: Option<Program>,
     opts: SimOptions,
     plan: Plan,
     exec: Option<Executor>,
 }
 
+/// `program` with HBM addresses packed: chip `c`'s window `[c·hbm_bytes, ..)`
+/// starts right after the extent chips `0..c` use (validation guarantees no
+/// tensor or access pattern spans two windows, so each moves by one constant).
+fn compact_hbm(chip: &ChipSpec, program: &Program) -> Program {
+    let chips = chip.chips() as usize;
+    let mut extent = vec![0u64; chips];
+    for t in &program.tensors {
+        if let Some(c) = chip.chip_of_hbm(t.offset) {
+            let (base, _) = chip.hbm_window(c);
+            extent[c as usize] = extent[c as usize].max((t.span().1 - base).div_ceil(64) * 64);
+        }
+    }
+    let mut start = vec![0u64; chips];
+    for c in 1..chips {
+        start[c] = start[c - 1] + extent[c - 1];
+    }
+    let moved = |addr: u64, anchor: u64| -> u64 {
+        let c = chip.chip_of_hbm(anchor).unwrap_or(0);
+        addr - chip.hbm_window(c).0 + start[c as usize]
+    };
+    let mut out = program.clone();
+    for t in &mut out.tensors {
+        t.offset = moved(t.offset, t.offset);
+    }
+    for inst in &mut out.insts {
+        for ap in inst.op.operands_mut().into_iter().filter(|a| a.space == trainyard_isa::Space::Hbm) {
+            let anchor = ap.byte_span().map_or(ap.offset, |(lo, _)| lo.max(0) as u64);
+            ap.offset = moved(ap.offset, anchor);
+        }
+    }
+    out
+}
+
 impl<'p> Simulator<'p> {
     /// Validates `program` for `chip` and prepares memory (functional mode).
+    /// A chip with a system ([`ChipSpec::with_chips`]) simulates all its chips
+    /// on one clock; each chip's HBM holds only the extent the program uses
+    /// inside that chip's window.
     pub fn new(chip: &ChipSpec, program: &'p Program, opts: SimOptions) -> Result<Self, SimError> {
         crate::check_program(program, chip)?;
+        let translated = (chip.chips() > 1).then(|| compact_hbm(chip, program));
         let exec = match opts.mode {
             Mode::TimedOnly => None,
             Mode::Functional => {
-                let cores = program.cores_used() as usize;
+                let mut used = vec![false; program.cores_used() as usize];
+                for inst in &program.insts {
+                    used[inst.core as usize] = true;
+                }
                 let k = &chip.core;
+                let hbm_extent = translated.as_ref().unwrap_or(program).hbm_extent();
                 let mem = Memory::new(
-                    program.hbm_extent() as usize,
-                    cores,
+                    hbm_extent as usize,
+                    &used,
                     (k.sbuf.partitions * k.sbuf.bytes_per_partition) as usize,
                     (k.psum.partitions * k.psum.bytes_per_partition) as usize,
                     k.sbuf.bytes_per_partition as usize,
@@ -114,7 +179,12 @@ impl<'p> Simulator<'p> {
             }
         };
         let plan = Plan::new(chip, program);
-        Ok(Simulator { chip: chip.clone(), program, opts, plan, exec })
+        Ok(Simulator { chip: chip.clone(), program, translated, opts, plan, exec })
+    }
+
+    /// The program as memory sees it: HBM addresses compacted on multi-chip systems.
+    fn memory_program(&self) -> &Program {
+        self.translated.as_ref().unwrap_or(self.program)
     }
 
     /// Copies raw little-endian element bytes into a program tensor.
@@ -123,15 +193,16 @@ impl<'p> Simulator<'p> {
         if bytes.len() as u64 != t.bytes() {
             return Err(SimError::TensorSize { name: name.into(), expected: t.bytes(), got: bytes.len() as u64 });
         }
-        let exec = self.exec.as_mut().ok_or(SimError::NoValues)?;
+        let t = self.memory_program().tensor(name).unwrap_or(t);
         let (a, b) = t.span();
+        let exec = self.exec.as_mut().ok_or(SimError::NoValues)?;
         exec.mem.hbm.bytes_mut()[a as usize..b as usize].copy_from_slice(bytes);
         Ok(())
     }
 
     /// The raw little-endian bytes of a program tensor.
     pub fn read_tensor(&self, name: &str) -> Result<Vec<u8>, SimError> {
-        let t = self.program.tensor(name).ok_or_else(|| SimError::UnknownTensor(name.to_string()))?;
+        let t = self.memory_program().tensor(name).ok_or_else(|| SimError::UnknownTensor(name.to_string()))?;
         let exec = self.exec.as_ref().ok_or(SimError::NoValues)?;
         let (a, b) = t.span();
         Ok(exec.mem.hbm.bytes()[a as usize..b as usize].to_vec())
@@ -149,13 +220,15 @@ impl<'p> Simulator<'p> {
         if let Some(e) = self.exec.as_mut().filter(|_| self.opts.stochastic_rounding) {
             e.rounder = Rounder::Stochastic(SplitMix64::new(self.opts.seed));
         }
-        let mut run = Run::new(&self.chip, self.program, &self.plan, &self.opts);
+        let program = self.translated.as_ref().unwrap_or(self.program);
+        let mut run = Run::new(&self.chip, program, &self.plan, &self.opts);
         run.go(self.exec.as_mut())?;
         Ok(run.finish())
     }
 }
 
 struct Run<'a> {
+    chip: &'a ChipSpec,
     program: &'a Program,
     plan: &'a Plan,
     record_events: bool,
@@ -221,7 +294,8 @@ impl<'a> Run<'a> {
             },
             spare_clocks: Vec::new(),
             races,
-            fluid: Fluid::new(chip),
+            fluid: Fluid::new(chip, plan.routes.clone()),
+            chip,
             starts: BinaryHeap::new(),
             dispatched: 0,
             dma_bytes: 0,
@@ -255,7 +329,8 @@ impl<'a> Run<'a> {
                 let u = self.plan.unit_of[inst as usize] as usize;
                 let Some((shape, _)) = self.units[u].in_flight else { continue };
                 let core = self.plan.units[u].core;
-                self.fluid.add(inst, core, &self.plan.shapes[shape as usize], self.plan.work_ns[shape as usize]);
+                let s = shape as usize;
+                self.fluid.add(inst, core, &self.plan.shapes[s], &self.plan.placements[s], self.plan.work_ns[s]);
             }
             self.drain_worklist(&mut exec)?;
         }
@@ -358,7 +433,8 @@ impl<'a> Run<'a> {
                 self.complete(i, end);
             } else {
                 // The trigger latency overlaps the previous transfer of the queue (HW-DEF-DMA).
-                let data_start = (ready + plan.fixed_dma_ps).max(unit_free);
+                // Each link crossed adds its hop latency to the fixed latency (assumption, HW-GAP-LIST).
+                let data_start = (ready + plan.fixed_dma_ps + plan.hop_ps[shape as usize]).max(unit_free);
                 self.starts.push(Reverse((data_start, i)));
                 let unit = &mut self.units[u];
                 unit.in_flight = Some((shape, data_start));
@@ -531,7 +607,24 @@ impl<'a> Run<'a> {
                 critical_path.reverse();
             }
         }
+        let (link_bytes, link_busy) = self.fluid.link_stats();
+        let links: Vec<LinkStats> = self
+            .chip
+            .system
+            .iter()
+            .flat_map(|s| (0..s.link_count() as u32).filter_map(|id| s.link(id)))
+            .filter(|l| link_bytes.get(l.id as usize).is_some_and(|&b| b > 0))
+            .map(|l| LinkStats {
+                id: l.id,
+                bytes: link_bytes[l.id as usize],
+                busy_ps: link_busy.get(l.id as usize).copied().unwrap_or(0),
+                name: l.name,
+                gbps: l.gbps,
+            })
+            .collect();
         RunResult {
+            link_bytes: links.iter().map(|l| l.bytes).sum(),
+            links,
             total_ps: self.total_ps,
             units,
             events: self.events,

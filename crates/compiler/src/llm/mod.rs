@@ -8,10 +8,15 @@
 //!   [`plan_memory`] and [`smallest_tp`].
 
 pub mod accounting;
+pub mod checkpoint;
 mod config;
 mod error;
 pub mod memory;
 pub mod parse;
+pub mod program;
+pub mod reference;
+pub mod rope;
+pub mod weights;
 
 pub use accounting::ParamCounts;
 pub use config::{bundled_names, AttentionBias, Family, LlmConfig, Moe, RopeScaling, SlidingWindow};

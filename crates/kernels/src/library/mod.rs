@@ -17,6 +17,7 @@ use crate::builder::{HbmTensor, KernelBuilder};
 use crate::error::BuildError;
 
 pub mod attention;
+pub mod collective;
 pub mod elementwise;
 pub mod matmul;
 pub mod misc;
@@ -275,6 +276,11 @@ pub trait Kernel: Send + Sync {
     fn build(&self, chip: &ChipSpec, args: &KernelArgs) -> Result<Built, BuildError>;
     /// Host reference in f64 from the program's inputs (values as stored on the device).
     fn reference(&self, args: &KernelArgs, inputs: &HostTensors) -> Result<HostTensors, BuildError>;
+    /// For collectives: the message size and bus-bandwidth factor that turn
+    /// a run's time into algorithm and bus bandwidth. `None` for other kernels.
+    fn collective_size(&self, _args: &KernelArgs) -> Option<collective::CollectiveSize> {
+        None
+    }
     /// Accepted error against the reference.
     fn tolerance(&self, args: &KernelArgs) -> Tolerance {
         Tolerance::for_dtype(args.dtype)
@@ -293,6 +299,7 @@ pub fn registry() -> Vec<Box<dyn Kernel>> {
     all.extend(norms::kernels());
     all.extend(attention::kernels());
     all.extend(misc::kernels());
+    all.extend(collective::kernels());
     all
 }
 
@@ -315,10 +322,11 @@ pub fn check_args(kernel: &dyn Kernel, chip: &ChipSpec, args: &KernelArgs) -> Re
             ),
         });
     }
-    if args.cores == 0 || args.cores as u32 > chip.chip.cores {
+    let cores = chip.total_cores();
+    if args.cores == 0 || args.cores as u32 > cores {
         return Err(BuildError::Kernel {
             kernel: kernel.name().to_string(),
-            message: format!("--cores {} is outside 1..={} for {}", args.cores, chip.chip.cores, chip.name),
+            message: format!("--cores {} is outside 1..={cores} for {} x {}", args.cores, chip.chips(), chip.name),
         });
     }
     Ok(())
@@ -358,9 +366,10 @@ pub fn peak_flops(chip: &ChipSpec, dtype: DType, cores: u16) -> f64 {
 }
 
 /// Memory bandwidth available to `cores` cores, bytes/s: their DMA engines,
-/// capped by the chip's HBM (HW-DMA-BW-EFF, HW-CHIP-*-HBM, HW-HBM-SHARE).
+/// capped by the HBM of the chips they span (HW-DMA-BW-EFF, HW-CHIP-*-HBM, HW-HBM-SHARE).
 pub fn memory_bandwidth(chip: &ChipSpec, cores: u16) -> f64 {
-    (chip.core_dma_gbps() * cores as f64).min(chip.chip.hbm_gbps) * 1e9
+    let chips = (cores as u32).div_ceil(chip.chip.cores.max(1)).max(1);
+    (chip.core_dma_gbps() * cores as f64).min(chip.chip.hbm_gbps * chips as f64) * 1e9
 }
 
 /// The roofline bound in ns: the larger of compute time at peak and
