@@ -37,7 +37,7 @@ fn declared(vi: &ValueInfoProto) -> InputInfo {
         } else {
             "not a tensor"
         };
-        info.dtype = Err(format!("type {kind}"));
+        info.dtype = Err(kind.to_string());
         return info;
     };
     info.dtype = DataType::from_onnx(tt.elem_type);
@@ -366,10 +366,9 @@ fn translate_node(
             }
             if let (Some(values), true) = (values, small) {
                 let refs: Vec<&Tensor> = values.iter().map(|v| v.as_ref()).collect();
-                if let Ok(results) = crate::interp::eval(&op, &refs, &out_tys) {
-                    for (&id, t) in outs.iter().zip(results) {
-                        known.insert(id, Arc::new(t));
-                    }
+                let results = crate::interp::eval(&op, &refs, &out_tys).map_err(|reason| ctx.type_err(reason))?;
+                for (&id, t) in outs.iter().zip(results) {
+                    known.insert(id, Arc::new(t));
                 }
             }
             for (i, t) in extra {

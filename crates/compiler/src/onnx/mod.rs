@@ -17,6 +17,7 @@
 //! `Shape`, `Size`, `Constant`, `ConstantOfShape`, `Range` and `EyeLike` become
 //! constants on import (shapes are static); every other node becomes one IR node.
 
+pub mod conformance;
 mod ctx;
 mod error;
 mod import;
@@ -37,7 +38,7 @@ use crate::graph::{DataType, Graph, Tensor};
 use proto::ModelProto;
 
 /// The lowest default-domain opset accepted.
-pub const MIN_OPSET: i64 = 7;
+pub const MIN_OPSET: i64 = 1;
 /// The highest default-domain opset accepted (the last one `onnx` 1.22 defines).
 pub const MAX_OPSET: i64 = 27;
 

@@ -90,6 +90,9 @@ pub(super) fn clip(c: &Ctx) -> PResult<Parsed> {
 }
 
 fn binary(c: &Ctx, b: Binary) -> PResult<Parsed> {
+    if c.version < 7 && c.has("broadcast") {
+        return Err(c.unsupported("the pre-opset-7 `broadcast`/`axis` attributes"));
+    }
     c.req(0, "A")?;
     c.req(1, "B")?;
     Ok(Parsed::op(Op::Binary(b), vec![0, 1]))
