@@ -12,6 +12,7 @@ mod bench;
 mod kernels;
 mod llm;
 mod model;
+mod onnx;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -105,6 +106,10 @@ enum Command {
     },
     /// LLM prefill and decode programs from the kernel library on simulated chips: TTFT, TPOT, tokens/s.
     Llm(llm::LlmArgs),
+    /// Run an ONNX model on the reference interpreter.
+    Interpret(onnx::InterpretArgs),
+    /// Run an ONNX backend test directory and print passed / failed / unsupported per op.
+    OnnxConformance(onnx::ConformanceArgs),
     /// Benchmarks that print figures measured in this run.
     Bench {
         #[command(subcommand)]
@@ -245,6 +250,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench { what: BenchWhat::Kernels { json, quick } } => kernels::bench_suite(json, quick),
         Command::Kernels { json } => kernels::list(json),
         Command::Llm(args) => llm::llm(args),
+        Command::Interpret(args) => onnx::interpret(args),
+        Command::OnnxConformance(args) => onnx::conformance(args),
         Command::Model { model, config, dtype, batch, input_len, output_len, json } => {
             model::model(model.as_deref(), config.as_deref(), &dtype, batch, input_len, output_len, json)
         }

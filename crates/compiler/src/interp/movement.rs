@@ -239,102 +239,155 @@ pub(crate) fn pad(
 /// extrapolation value).
 type Taps = Option<Vec<(usize, f64)>>;
 
-/// The input coordinate an output coordinate maps to along one axis.
-fn source_coord(r: &Resize, axis: usize, out: usize, in_len: usize) -> f64 {
+/// The input coordinate output index `out` maps to along one axis (ONNX Resize-19).
+fn source_coord(r: &Resize, axis: usize, out: usize, in_len: usize, out_len: usize) -> f64 {
     let x = out as f64;
     let s = r.scales[axis];
     // ONNX uses the unrounded output length `in · scale` in these formulas.
-    let out_len = in_len as f64 * s;
+    let width = in_len as f64 * s;
+    let last = in_len as f64 - 1.0;
     match r.coordinate {
         CoordinateMode::HalfPixel => (x + 0.5) / s - 0.5,
         CoordinateMode::HalfPixelSymmetric => {
-            let adj = out_len.floor() / (s * in_len as f64);
-            let center = in_len as f64 / 2.0;
-            let offset = center * (1.0 - adj);
+            let offset = in_len as f64 / 2.0 * (1.0 - out_len as f64 / width);
             offset + (x + 0.5) / s - 0.5
         }
         CoordinateMode::PytorchHalfPixel => {
-            if out_len > 1.0 {
-                (x + 0.5) / s - 0.5
+            if width == 1.0 {
+                -0.5
             } else {
-                0.0
+                (x + 0.5) / s - 0.5
             }
         }
         CoordinateMode::AlignCorners => {
-            if out_len > 1.0 {
-                x * (in_len as f64 - 1.0) / (out_len - 1.0)
-            } else {
+            if width == 1.0 {
                 0.0
+            } else {
+                x * last / (width - 1.0)
             }
         }
         CoordinateMode::Asymmetric => x / s,
         CoordinateMode::TfCropAndResize => {
             let (a, b) = r.roi[axis];
-            if out_len > 1.0 {
-                a * (in_len as f64 - 1.0) + x * (b - a) * (in_len as f64 - 1.0) / (out_len - 1.0)
-            } else {
-                0.5 * (a + b) * (in_len as f64 - 1.0)
-            }
+            let span = if width == 1.0 { (b - a) * last / 2.0 } else { x * (b - a) * last / (width - 1.0) };
+            span + a * last
         }
     }
 }
 
-pub(crate) fn resize(x: &Tensor, r: &Resize, o: &TensorType) -> Result<Tensor, String> {
-    let xs = x.shape().to_vec();
-    let rank = xs.len();
-    let st = strides_of(&xs);
-    // Per axis and output index: the source positions and weights (None: extrapolate).
-    let mut taps: Vec<Vec<Taps>> = Vec::with_capacity(rank);
-    for (d, (&n_in, &n_out)) in xs.iter().zip(&o.shape).enumerate() {
-        let mut axis_taps = Vec::with_capacity(n_out);
-        for i in 0..n_out {
-            if n_in == n_out && r.scales[d] == 1.0 && r.coordinate != CoordinateMode::TfCropAndResize {
-                axis_taps.push(Some(vec![(i, 1.0)]));
-                continue;
+/// Interpolation weights for fractional offset `ratio` ∈ (0, 1] of the taps
+/// `floor .. floor + n` around the source coordinate.
+fn coefficients(r: &Resize, ratio: f64, scale: f64) -> Vec<f64> {
+    let cubic = |a: f64, x: f64| {
+        let x = x.abs();
+        if x <= 1.0 {
+            ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+        } else {
+            0.0
+        }
+    };
+    let normalized = |c: Vec<f64>| {
+        let sum: f64 = c.iter().sum();
+        c.into_iter().map(|v| v / sum).collect()
+    };
+    match r.mode {
+        ResizeMode::Nearest(rounding) => {
+            if ratio == 1.0 {
+                return vec![0.0, 1.0];
             }
-            let c = source_coord(r, d, i, n_in);
-            if r.coordinate == CoordinateMode::TfCropAndResize && (c < 0.0 || c > n_in as f64 - 1.0) {
-                axis_taps.push(None);
-                continue;
+            let up = match rounding {
+                NearestRounding::RoundPreferFloor => ratio > 0.5,
+                NearestRounding::RoundPreferCeil => ratio >= 0.5,
+                NearestRounding::Floor => false,
+                NearestRounding::Ceil => true,
+            };
+            if up {
+                vec![0.0, 1.0]
+            } else {
+                vec![1.0, 0.0]
             }
-            let tap = match r.mode {
-                ResizeMode::Nearest(rounding) => {
-                    let k = match rounding {
-                        NearestRounding::RoundPreferFloor => {
-                            if c.fract() == 0.5 {
-                                c.floor()
-                            } else {
-                                c.round()
-                            }
-                        }
-                        NearestRounding::RoundPreferCeil => c.round(),
-                        NearestRounding::Floor => c.floor(),
-                        NearestRounding::Ceil => c.ceil(),
-                    };
-                    vec![((k.max(0.0) as usize).min(n_in - 1), 1.0)]
-                }
-                ResizeMode::Linear => {
-                    let c = c.clamp(0.0, (n_in - 1) as f64);
-                    let lo = c.floor() as usize;
-                    let hi = (lo + 1).min(n_in - 1);
-                    let w = c - lo as f64;
-                    if hi == lo {
-                        vec![(lo, 1.0)]
-                    } else {
-                        vec![(lo, 1.0 - w), (hi, w)]
+        }
+        ResizeMode::Linear if r.antialias => {
+            let s = scale.min(1.0);
+            let start = (-1.0 / s).floor() as i64 + 1;
+            let n = 2 - 2 * start;
+            normalized((start..start + n).map(|i| (1.0 - ((i as f64 - ratio) * s).abs()).clamp(0.0, 1.0)).collect())
+        }
+        ResizeMode::Linear => vec![1.0 - ratio, ratio],
+        ResizeMode::Cubic { a } if r.antialias => {
+            let s = scale.min(1.0);
+            let start = (-2.0 / s).floor() as i64 + 1;
+            normalized((start..2 - start).map(|i| cubic(a, s * (i as f64 - ratio))).collect())
+        }
+        ResizeMode::Cubic { a } => {
+            vec![cubic(a, ratio + 1.0), cubic(a, ratio), cubic(a, 1.0 - ratio), cubic(a, 2.0 - ratio)]
+        }
+    }
+}
+
+/// The taps of every output index along one axis.
+fn axis_taps(r: &Resize, axis: usize, in_len: usize, out_len: usize) -> Vec<Taps> {
+    (0..out_len)
+        .map(|i| {
+            let x = source_coord(r, axis, i, in_len, out_len);
+            if r.coordinate == CoordinateMode::TfCropAndResize && (x < 0.0 || x > in_len as f64 - 1.0) {
+                return None;
+            }
+            // The n nearest indices, ties to the smaller: for an integer x, x−n/2 .. x+n/2−1.
+            let fl = x.floor();
+            let ratio = if x == fl { 1.0 } else { x - fl };
+            let mut coeffs = coefficients(r, ratio, r.scales[axis]);
+            let n = coeffs.len() as i64;
+            let first = (if x == fl { fl as i64 - 1 } else { fl as i64 }) - n / 2 + 1;
+            if r.exclude_outside {
+                for (k, c) in coeffs.iter_mut().enumerate() {
+                    let idx = first + k as i64;
+                    if idx < 0 || idx >= in_len as i64 {
+                        *c = 0.0;
                     }
                 }
-            };
-            axis_taps.push(Some(tap));
-        }
-        taps.push(axis_taps);
+                let sum: f64 = coeffs.iter().sum();
+                coeffs.iter_mut().for_each(|c| *c /= sum);
+            }
+            let last = in_len as i64 - 1;
+            Some(
+                coeffs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &c)| c != 0.0)
+                    .map(|(k, &c)| ((first + k as i64).clamp(0, last.max(0)) as usize, c))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+pub(crate) fn resize(x: &Tensor, r: &Resize, o: &TensorType) -> Result<Tensor, String> {
+    let xs = x.shape().to_vec();
+    let st = strides_of(&xs);
+    if xs.iter().zip(&o.shape).any(|(&i, &n)| i == 0 && n > 0) {
+        return Err(format!("cannot resize an empty axis of {xs:?} to {:?}", o.shape));
     }
+    let taps: Vec<Vec<Taps>> = xs
+        .iter()
+        .zip(&o.shape)
+        .enumerate()
+        .map(|(d, (&n_in, &n_out))| {
+            if n_in == n_out && r.scales[d] == 1.0 && r.coordinate != CoordinateMode::TfCropAndResize {
+                (0..n_out).map(|i| Some(vec![(i, 1.0)])).collect()
+            } else {
+                axis_taps(r, d, n_in, n_out)
+            }
+        })
+        .collect();
     let xv = x.to_f64_vec();
     let mut out = Vec::with_capacity(o.numel());
     for_each_coord(&o.shape, |c| {
         let mut acc = vec![(0usize, 1.0f64)];
-        for d in 0..rank {
-            match &taps[d][c[d]] {
+        for (d, &i) in c.iter().enumerate() {
+            match &taps[d][i] {
                 None => {
                     acc.clear();
                     break;

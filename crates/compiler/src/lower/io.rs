@@ -16,6 +16,8 @@ pub fn device_dtype(dt: DataType, float: DType) -> DType {
         DataType::F32 | DataType::F64 => float,
         DataType::F16 => DType::F16,
         DataType::Bf16 => DType::Bf16,
+        DataType::F8E4M3 => DType::F8E4M3,
+        DataType::F8E5M2 => DType::F8E5M2,
         DataType::I8 => DType::I8,
         DataType::I16 => DType::I16,
         DataType::I32 | DataType::I64 => DType::I32,

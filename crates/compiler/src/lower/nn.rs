@@ -188,7 +188,7 @@ pub fn conv(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError> 
         let rn = p.g.nodes[r].clone();
         let rank = p.shape(cur).len();
         let fused = match &rn.op {
-            Op::BatchNorm { epsilon }
+            Op::BatchNorm { epsilon, momentum: None }
                 if rn.inputs.first() == Some(&cur)
                     && ep.const_bias
                     && ep.residual.is_none()
@@ -559,7 +559,8 @@ pub fn norm(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
     let c = xs[1];
     let channel_shape: Vec<usize> = std::iter::once(c).chain(std::iter::repeat_n(1, xs.len() - 2)).collect();
     match &node.op {
-        Op::BatchNorm { epsilon } => {
+        Op::BatchNorm { momentum: Some(_), .. } => Err(unsupported(node, "training-mode batch normalization")),
+        Op::BatchNorm { epsilon, momentum: None } => {
             let params: Option<Vec<Vec<f64>>> = node.inputs[1..]
                 .iter()
                 .map(|&v| p.constant(v).filter(|t| t.len() == c).map(|t| t.to_f64_vec()))

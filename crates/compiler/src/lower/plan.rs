@@ -115,7 +115,7 @@ fn plan_node(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError>
             outputs: node.outputs.clone(),
             kind: StepKind::Alias,
         }),
-        Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast(_) | Op::FusedElementwise(_) | Op::Expand { .. } => {
+        Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast { .. } | Op::FusedElementwise(_) | Op::Expand { .. } => {
             elementwise(p, node)
         }
         Op::MatMul | Op::Gemm { .. } | Op::FusedMatMul { .. } => linalg::plan(p, node),
@@ -183,7 +183,10 @@ fn elementwise(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
         Op::Binary(b) => prog.binary(*b, arg(0)?, arg(1)?, !in_type(0).is_float()).map_err(bad)?,
         Op::Where => prog.select(arg(0)?, arg(1)?, arg(2)?),
         Op::Expand { .. } => arg(0)?,
-        Op::Cast(to) => cast(&mut prog, arg(0)?, in_type(0), *to, p.dtype).map_err(bad)?,
+        Op::Cast { to, saturate: false } if matches!(to, DataType::F8E4M3 | DataType::F8E5M2) => {
+            return Err(unsupported(node, "a non-saturating cast to fp8 (the device saturates)"));
+        }
+        Op::Cast { to, .. } => cast(&mut prog, arg(0)?, in_type(0), *to, p.dtype).map_err(bad)?,
         Op::FusedElementwise(fsteps) => {
             let mut vals: Vec<Arg> = Vec::with_capacity(fsteps.len());
             let get = |a: &FusedArg, vals: &[Arg]| -> Result<Arg, LowerError> {

@@ -151,14 +151,14 @@ fn integers_bools_and_casts() {
     let i = g.add_input("i", TensorType::new(DataType::I64, vec![2, 5]));
     let j = g.add_input("j", TensorType::new(DataType::I32, vec![5]));
     let f = f32_input(&mut g, "f", &[2, 5]);
-    let ci = node(&mut g, "ci", "Cast", Op::Cast(DataType::I32), vec![i]);
+    let ci = node(&mut g, "ci", "Cast", Op::Cast { saturate: true, to: DataType::I32 }, vec![i]);
     let s = node(&mut g, "add", "Add", Op::Binary(Binary::Add), vec![ci, j]);
     let d = node(&mut g, "div", "Div", Op::Binary(Binary::Div), vec![s, j]);
     let eq = node(&mut g, "eq", "Equal", Op::Binary(Binary::Equal), vec![ci, j]);
-    let ft = node(&mut g, "trunc", "Cast", Op::Cast(DataType::I64), vec![f]);
-    let fb = node(&mut g, "tobool", "Cast", Op::Cast(DataType::Bool), vec![ft]);
+    let ft = node(&mut g, "trunc", "Cast", Op::Cast { saturate: true, to: DataType::I64 }, vec![f]);
+    let fb = node(&mut g, "tobool", "Cast", Op::Cast { saturate: true, to: DataType::Bool }, vec![ft]);
     let nb = node(&mut g, "not", "Not", Op::Unary(Unary::Not), vec![fb]);
-    let back = node(&mut g, "tofloat", "Cast", Op::Cast(DataType::F32), vec![i]);
+    let back = node(&mut g, "tofloat", "Cast", Op::Cast { saturate: true, to: DataType::F32 }, vec![i]);
     g.outputs.extend([s, d, eq, ft, nb, back]);
     let iv = Tensor::from_i128(DataType::I64, vec![2, 5], vec![-7, 3, 0, 12, 5, 9, -1, 4, 4, 100]).unwrap();
     let jv = Tensor::from_i128(DataType::I32, vec![5], vec![3, 3, 2, -5, 5]).unwrap();
@@ -325,7 +325,7 @@ fn convolutions_with_fused_batch_norm_residual_and_relu() {
         &mut g,
         "bn1",
         "BatchNormalization",
-        Op::BatchNorm { epsilon: 1e-5 },
+        Op::BatchNorm { epsilon: 1e-5, momentum: None },
         vec![c1, p1[0], p1[1], p1[2], p1[3]],
     );
     let r1 = node(&mut g, "relu1", "Relu", Op::Unary(Unary::Relu), vec![n1]);
@@ -341,6 +341,7 @@ fn convolutions_with_fused_batch_norm_residual_and_relu() {
         window: Window { kernel: vec![3, 3], strides: vec![2, 2], pads: vec![(1, 1); 2], dilations: vec![1, 1] },
         ceil_mode: false,
         with_indices: false,
+        column_major: false,
     };
     let mp = node(&mut g, "maxpool", "MaxPool", Op::Pool(pool(PoolKind::Max)), vec![r2]);
     let ap = node(
@@ -363,7 +364,7 @@ fn convolutions_with_fused_batch_norm_residual_and_relu() {
         &mut g,
         "bn2",
         "BatchNormalization",
-        Op::BatchNorm { epsilon: 1e-5 },
+        Op::BatchNorm { epsilon: 1e-5, momentum: None },
         vec![lrn, p2[0], p2[1], p2[2], p2[3]],
     );
     let wt = g.add_constant("wt", random(&[8, 2, 2, 2], 5, -0.5, 0.5));

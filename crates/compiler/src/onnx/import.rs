@@ -69,6 +69,14 @@ pub(super) fn runtime_inputs(model: &Model) -> Vec<InputInfo> {
 }
 
 fn check_opsets(model: &Model) -> Result<(), OnnxError> {
+    let imports_default = model.proto.opset_import.iter().any(|o| o.domain.is_empty() || o.domain == "ai.onnx");
+    let uses_default = graph_of(model).node.iter().any(|n| n.domain.is_empty() || n.domain == "ai.onnx");
+    if uses_default && !imports_default {
+        return Err(OnnxError::Model {
+            what: model.source.clone(),
+            reason: "the graph has ai.onnx nodes but the model imports no ai.onnx opset".into(),
+        });
+    }
     for o in &model.proto.opset_import {
         if (o.domain.is_empty() || o.domain == "ai.onnx") && !(MIN_OPSET..=MAX_OPSET).contains(&o.version) {
             return Err(OnnxError::Opset {
@@ -217,6 +225,9 @@ pub(super) fn import(model: &Model, opts: &ImportOptions) -> Result<Graph, OnnxE
             }
             s
         };
+        if crate::graph::checked_numel(&shape).is_none_or(|n| n > crate::graph::infer::MAX_ELEMENTS) {
+            return Err(io_err("input", &info.name, format!("shape {shape:?} exceeds the limit of 2^32 elements")));
+        }
         // A shape declared without dims (no `shape` field) accepts any shape.
         let declared_shape = !info.dims.is_empty() || graph_input_has_shape(g, &info.name);
         if declared_shape
@@ -225,7 +236,7 @@ pub(super) fn import(model: &Model, opts: &ImportOptions) -> Result<Graph, OnnxE
             return Err(io_err(
                 "input",
                 &info.name,
-                format!("declared shape {:?} does not admit {shape:?}", info.dims),
+                format!("declared shape {} does not admit {shape:?}", dims_text(&info.dims)),
             ));
         }
         let id = if let Some(v) = opts.input_values.get(&info.name) {
@@ -262,12 +273,18 @@ pub(super) fn import(model: &Model, opts: &ImportOptions) -> Result<Graph, OnnxE
             && (decl.dims.len() != ty.rank()
                 || decl.dims.iter().zip(&ty.shape).any(|(d, s)| d.is_some_and(|d| d != *s)))
         {
-            return Err(io_err("output", &o.name, format!("declared shape {:?}, computed {ty}", decl.dims)));
+            return Err(io_err("output", &o.name, format!("declared shape {}, computed {ty}", dims_text(&decl.dims))));
         }
         graph.outputs.push(id);
     }
     graph.verify().map_err(|e| OnnxError::Model { what: model.source.clone(), reason: e.to_string() })?;
     Ok(graph)
+}
+
+/// `[2, ?, 3]`: declared dimensions, unknown ones as `?`.
+fn dims_text(dims: &[Option<usize>]) -> String {
+    let d: Vec<String> = dims.iter().map(|d| d.map_or("?".to_string(), |d| d.to_string())).collect();
+    format!("[{}]", d.join(", "))
 }
 
 fn graph_input_has_shape(g: &GraphProto, name: &str) -> bool {

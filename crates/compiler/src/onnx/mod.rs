@@ -17,6 +17,7 @@
 //! `Shape`, `Size`, `Constant`, `ConstantOfShape`, `Range` and `EyeLike` become
 //! constants on import (shapes are static); every other node becomes one IR node.
 
+pub mod builder;
 pub mod conformance;
 mod ctx;
 mod error;
@@ -32,7 +33,7 @@ use prost::Message;
 
 pub use error::OnnxError;
 pub use ops::supported_ops;
-pub use tensor::{decode_tensor, tensor_from_proto, tensor_to_proto};
+pub use tensor::{decode_tensor, encode_tensor, tensor_from_proto, tensor_to_proto};
 
 use crate::graph::{DataType, Graph, Tensor};
 use proto::ModelProto;
@@ -131,3 +132,6 @@ impl Model {
         import::import(self, opts)
     }
 }
+
+#[cfg(test)]
+mod tests;

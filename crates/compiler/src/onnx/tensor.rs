@@ -62,18 +62,16 @@ pub fn tensor_from_proto(t: &TensorProto, base_dir: Option<&Path>) -> Result<Ten
             count(t.double_data.len(), "double_data")?;
             Data::Float(t.double_data.clone())
         }
-        // float16 and bfloat16 travel as their bit patterns in int32_data.
-        DataType::F16 | DataType::Bf16 => {
+        // float16, bfloat16 and fp8 travel as their bit patterns in int32_data.
+        DataType::F16 | DataType::Bf16 | DataType::F8E4M3 | DataType::F8E5M2 => {
             count(t.int32_data.len(), "int32_data")?;
             Data::Float(
                 t.int32_data
                     .iter()
-                    .map(|&b| {
-                        if dtype == DataType::F16 {
-                            half::f16::from_bits(b as u16).to_f64()
-                        } else {
-                            half::bf16::from_bits(b as u16).to_f64()
-                        }
+                    .map(|&b| match dtype {
+                        DataType::F16 => half::f16::from_bits(b as u16).to_f64(),
+                        DataType::Bf16 => half::bf16::from_bits(b as u16).to_f64(),
+                        _ => dtype.fp8_value(b as u8),
                     })
                     .collect(),
             )
@@ -131,6 +129,11 @@ fn read_external(t: &TensorProto, name: &str, base_dir: Option<&Path>) -> Result
             format!("external data {}: bytes {start}..{end} requested, the file has {}", path.display(), bytes.len()),
         )
     })
+}
+
+/// A serialized `TensorProto` (the format of test data `.pb` files).
+pub fn encode_tensor(name: &str, t: &Tensor) -> Vec<u8> {
+    tensor_to_proto(name, t).encode_to_vec()
 }
 
 /// Encodes a tensor as a `TensorProto` with raw data (for tests and tools).

@@ -42,6 +42,22 @@ fn folds_constants_and_removes_dead_nodes() {
 }
 
 #[test]
+fn removes_identities_but_keeps_output_names() {
+    let mut g = Graph::new("ids");
+    let x = g.add_input("x", TensorType::new(DataType::F32, vec![2, 3]));
+    let a = g.add_node("id0", "Identity", Op::Identity, vec![x]).unwrap()[0];
+    let b = g.add_node("rs0", "Reshape", Op::Reshape { shape: vec![2, 3] }, vec![a]).unwrap()[0];
+    let c = g.add_node("relu", "Relu", Op::Unary(Unary::Relu), vec![b]).unwrap()[0];
+    let d = g.add_node("id1", "Dropout", Op::Identity, vec![c]).unwrap()[0];
+    g.outputs.push(d);
+    assert_eq!(remove_identities(&mut g), 2);
+    g.verify().unwrap();
+    assert_eq!(g.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), vec!["relu", "id1"]);
+    assert_eq!(g.value(g.nodes[0].inputs[0]).name, "x");
+    assert_eq!(g.value(g.outputs[0]).name, "id1:0");
+}
+
+#[test]
 fn fuses_matmul_bias_activation() {
     let mut g = Graph::new("mlp");
     let x = g.add_input("x", TensorType::new(DataType::F32, vec![4, 8]));

@@ -266,7 +266,9 @@ pub(super) fn constant_of_shape(c: &Ctx) -> PResult<Parsed> {
     if value.len() != 1 {
         return Err(c.attr_err("value", format!("must hold one element, got {value:?}")));
     }
-    let n = crate::graph::checked_numel(&shape).ok_or_else(|| c.type_err(format!("shape {shape:?} too large")))?;
+    let n = crate::graph::checked_numel(&shape)
+        .filter(|&n| n <= crate::graph::infer::MAX_ELEMENTS)
+        .ok_or_else(|| c.type_err(format!("shape {shape:?} too large")))?;
     let t = match value.data() {
         crate::graph::Data::Float(v) => Tensor::from_f64(value.dtype(), shape, vec![v[0]; n]),
         crate::graph::Data::Int(v) => Tensor::from_i128(value.dtype(), shape, vec![v[0]; n]),
@@ -398,12 +400,9 @@ pub(super) fn resize(c: &Ctx) -> PResult<Parsed> {
     let mode = match mode_name.as_str() {
         "nearest" => ResizeMode::Nearest(if c.version < 11 { NearestRounding::Floor } else { nearest }),
         "linear" | "bilinear" | "trilinear" => ResizeMode::Linear,
-        "cubic" => return Err(c.unsupported("Resize mode `cubic`")),
+        "cubic" => ResizeMode::Cubic { a: c.float("cubic_coeff_a", -0.75)? },
         other => return Err(c.attr_err("mode", format!("unknown value `{other}`"))),
     };
-    if c.version >= 18 && c.flag("antialias", false)? {
-        return Err(c.unsupported("Resize with antialias"));
-    }
     let coordinate = if c.version < 11 {
         CoordinateMode::Asymmetric
     } else {
@@ -489,6 +488,8 @@ pub(super) fn resize(c: &Ctx) -> PResult<Parsed> {
         scales: out_scales,
         roi: roi_full,
         extrapolation_value: c.float("extrapolation_value", 0.0)?,
+        exclude_outside: c.version >= 11 && c.flag("exclude_outside", false)?,
+        antialias: c.version >= 18 && c.flag("antialias", false)?,
     });
     Ok(Parsed::op(op, vec![0]))
 }
@@ -513,6 +514,8 @@ pub(super) fn upsample(c: &Ctx) -> PResult<Parsed> {
         roi: vec![(0.0, 1.0); scales.len()],
         scales,
         extrapolation_value: 0.0,
+        exclude_outside: false,
+        antialias: false,
     });
     Ok(Parsed::op(op, vec![0]))
 }
