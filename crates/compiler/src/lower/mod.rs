@@ -211,6 +211,9 @@ pub struct Manifest {
     pub hbm: HbmReport,
     /// Core use.
     pub parallelism: Parallelism,
+    /// The ONNX model compiled (for `--check` against the interpreter).
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 impl ManifestIo {
@@ -250,6 +253,7 @@ impl Compiled {
             ops: self.ops.clone(),
             hbm: self.hbm,
             parallelism: self.parallelism.clone(),
+            source: None,
         }
     }
 

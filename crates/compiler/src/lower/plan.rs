@@ -183,7 +183,7 @@ fn elementwise(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
         Op::Binary(b) => prog.binary(*b, arg(0)?, arg(1)?, !in_type(0).is_float()).map_err(bad)?,
         Op::Where => prog.select(arg(0)?, arg(1)?, arg(2)?),
         Op::Expand { .. } => arg(0)?,
-        Op::Cast { to, saturate: false } if matches!(to, DataType::F8E4M3 | DataType::F8E5M2) => {
+        Op::Cast { to: DataType::F8E4M3 | DataType::F8E5M2, saturate: false } => {
             return Err(unsupported(node, "a non-saturating cast to fp8 (the device saturates)"));
         }
         Op::Cast { to, .. } => cast(&mut prog, arg(0)?, in_type(0), *to, p.dtype).map_err(bad)?,
