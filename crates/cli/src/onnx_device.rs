@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use trainyard_arch::{ChipSpec, DType};
 use trainyard_compiler::graph::{Graph, Tensor};
 use trainyard_compiler::interp;
-use trainyard_compiler::lower::{self, io, Compiled, IoTensor, LowerError, LowerOptions, Manifest, OpSpan};
+use trainyard_compiler::lower::{self, Compiled, IoTensor, LowerError, LowerOptions, Manifest, OpSpan};
 use trainyard_compiler::onnx::conformance::{
     import_for, run_case, run_light_model, Backend, CaseResult, Counts, Interpreter, Outcome, Report, RunFailure,
 };
@@ -305,8 +305,11 @@ fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
 
 /// One output as the model's type, from a finished session.
 fn read_output(s: &Session, o: &IoTensor) -> Result<Tensor> {
+    if o.tensor.is_empty() {
+        return Ok(lower::read_output(o, None)?);
+    }
     let host = s.output(&o.tensor)?;
-    io::from_device(&host.data, o.dtype, &o.ty).map_err(|e| anyhow!("output `{}`: {e}", o.name))
+    Ok(lower::read_output(o, Some(&host.data))?)
 }
 
 fn bind_device(s: &mut Session, t: &lower::DeviceTensor) -> Result<()> {
@@ -593,22 +596,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
 }
 
 fn bind_bytes(io_inputs: &[IoTensor], values: &HashMap<String, Tensor>) -> Result<Vec<lower::DeviceTensor>> {
-    io_inputs
-        .iter()
-        .map(|i| {
-            let t = values.get(&i.name).ok_or_else(|| anyhow!("input `{}` is not bound", i.name))?;
-            if t.dtype() != i.ty.dtype || t.shape() != i.ty.shape.as_slice() {
-                bail!("input `{}`: expected {}, got {}{:?}", i.name, i.ty, t.dtype(), t.shape());
-            }
-            let bytes = io::to_device(t, i.dtype).map_err(|e| anyhow!("input `{}`: {e}", i.name))?;
-            Ok(lower::DeviceTensor {
-                tensor: i.tensor.clone(),
-                dtype: i.dtype,
-                shape: lower::device_shape(&i.ty.shape),
-                bytes,
-            })
-        })
-        .collect()
+    Ok(lower::bind_inputs(io_inputs, values)?)
 }
 
 /// Time per op type: (op type, ns, percent, steps), largest first.

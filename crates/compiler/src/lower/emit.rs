@@ -74,6 +74,10 @@ pub trait Emitter {
     fn batch_separable(&self, _batched: &[bool], _shapes: &[Vec<usize>], _out: &[usize]) -> bool {
         false
     }
+    /// Whether inputs without elements may be left out of the step (a concatenation).
+    fn skips_empty_inputs(&self) -> bool {
+        false
+    }
     /// Appends the step's instructions. Shapes come from `io` (a batch slice in
     /// data-parallel programs).
     fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError>;

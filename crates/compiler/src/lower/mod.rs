@@ -76,7 +76,8 @@ impl Default for LowerOptions {
     }
 }
 
-/// A graph input or output and the program tensor holding it.
+/// A graph input or output and the program tensor holding it (none — an empty name —
+/// for a tensor without elements).
 #[derive(Clone, Debug, PartialEq)]
 pub struct IoTensor {
     /// The graph's name.
@@ -257,28 +258,9 @@ impl Compiled {
         }
     }
 
-    /// The device bytes of each graph input in `values` (by graph name), as
-    /// (program tensor, dtype, shape, bytes); every graph input must be given with
-    /// its declared type and shape.
+    /// The device bytes of each graph input in `values` (see [`bind_inputs`]).
     pub fn bind_inputs(&self, values: &HashMap<String, Tensor>) -> Result<Vec<DeviceTensor>, LowerError> {
-        self.inputs
-            .iter()
-            .map(|i| {
-                let t = values.get(&i.name).ok_or_else(|| LowerError::Binding {
-                    name: i.name.clone(),
-                    reason: format!("not given (the model's inputs: {})", names(&self.inputs)),
-                })?;
-                if t.dtype() != i.ty.dtype || t.shape() != i.ty.shape.as_slice() {
-                    return Err(LowerError::Binding {
-                        name: i.name.clone(),
-                        reason: format!("expected {}, got {}{:?}", i.ty, t.dtype(), t.shape()),
-                    });
-                }
-                let bytes =
-                    io::to_device(t, i.dtype).map_err(|reason| LowerError::Binding { name: i.name.clone(), reason })?;
-                Ok(DeviceTensor { tensor: i.tensor.clone(), dtype: i.dtype, shape: device_shape(&i.ty.shape), bytes })
-            })
-            .collect()
+        bind_inputs(&self.inputs, values)
     }
 
     /// The device bytes of every weight.
@@ -310,6 +292,42 @@ pub struct DeviceTensor {
     pub shape: Vec<usize>,
     /// Little-endian elements.
     pub bytes: Vec<u8>,
+}
+
+/// The device bytes of each graph input of `inputs` found in `values` (by graph
+/// name), as (program tensor, dtype, shape, bytes); every input must be given with its
+/// declared type and shape (inputs without elements have no tensor and are skipped).
+pub fn bind_inputs(inputs: &[IoTensor], values: &HashMap<String, Tensor>) -> Result<Vec<DeviceTensor>, LowerError> {
+    inputs
+        .iter()
+        .filter(|i| !i.tensor.is_empty())
+        .map(|i| {
+            let t = values.get(&i.name).ok_or_else(|| LowerError::Binding {
+                name: i.name.clone(),
+                reason: format!("not given (the model's inputs: {})", names(inputs)),
+            })?;
+            if t.dtype() != i.ty.dtype || t.shape() != i.ty.shape.as_slice() {
+                return Err(LowerError::Binding {
+                    name: i.name.clone(),
+                    reason: format!("expected {}, got {}{:?}", i.ty, t.dtype(), t.shape()),
+                });
+            }
+            let bytes =
+                io::to_device(t, i.dtype).map_err(|reason| LowerError::Binding { name: i.name.clone(), reason })?;
+            Ok(DeviceTensor { tensor: i.tensor.clone(), dtype: i.dtype, shape: device_shape(&i.ty.shape), bytes })
+        })
+        .collect()
+}
+
+/// The value of graph output `o` from the bytes of its program tensor (`None` for an
+/// output without elements, which has none).
+pub fn read_output(o: &IoTensor, bytes: Option<&[u8]>) -> Result<Tensor, LowerError> {
+    let bad = |reason: String| LowerError::Binding { name: o.name.clone(), reason };
+    match bytes {
+        _ if o.tensor.is_empty() => Ok(Tensor::zeros(o.ty.dtype, o.ty.shape.clone())),
+        Some(b) => io::from_device(b, o.dtype, &o.ty).map_err(bad),
+        None => Err(bad("no values read back".into())),
+    }
 }
 
 fn names(v: &[IoTensor]) -> String {
@@ -351,7 +369,8 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
     }
     let output_names: Vec<String> = g.outputs.iter().map(|&v| g.value(v).name.clone()).collect();
     detach_outputs(&mut g);
-    let mut steps = plan::plan(&mut g, opts.dtype)?;
+    let steps = plan::plan(&mut g, opts.dtype)?;
+    let mut steps = drop_empty(&g, steps)?;
     let homes = resolve_aliases(&g, &mut steps);
     let dev = |v: ValueId| io::device_dtype(g.value(v).ty.dtype, opts.dtype);
     let bytes_of = |v: ValueId| (device_shape(&g.value(v).ty.shape).iter().product::<usize>() * dev(v).size()) as u64;
@@ -403,8 +422,9 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
         (0..g.values.len() as u32).map(ValueId).filter(|v| used[v.0 as usize] && homes.root(*v) == *v).collect();
     roots.retain(|v| matches!(homes.home(*v), Home::Weight(_)));
     report.weights = roots.iter().map(|&v| bytes_of(v)).sum();
-    report.inputs = g.inputs.iter().map(|&v| bytes_of(v)).sum();
-    report.outputs = g.outputs.iter().map(|&v| bytes_of(v)).sum();
+    let io_bytes = |v: &ValueId| if g.value(*v).ty.numel() == 0 { 0 } else { bytes_of(*v) };
+    report.inputs = g.inputs.iter().map(io_bytes).sum();
+    report.outputs = g.outputs.iter().map(io_bytes).sum();
     report.peak = report.weights + report.inputs + report.outputs + report.arena;
     let report = report;
     let mut placed = 0u64;
@@ -419,12 +439,26 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
     };
     // Graph inputs and outputs keep their names where they can.
     for &v in &g.inputs {
+        if g.value(v).ty.numel() == 0 {
+            inputs.push(IoTensor {
+                name: g.value(v).name.clone(),
+                tensor: String::new(),
+                ty: g.value(v).ty.clone(),
+                dtype: dev(v),
+            });
+            continue;
+        }
         let name = names.unique(&g.value(v).name);
         let t = declare(&mut kb, &name, v, false)?;
         inputs.push(IoTensor { name: g.value(v).name.clone(), tensor: name, ty: g.value(v).ty.clone(), dtype: dev(v) });
         tensors.insert(homes.root(v), t);
     }
     for (i, &v) in g.outputs.iter().enumerate() {
+        if g.value(v).ty.numel() == 0 {
+            let ty = g.value(v).ty.clone();
+            outputs[i] = Some(IoTensor { name: output_names[i].clone(), tensor: String::new(), ty, dtype: dev(v) });
+            continue;
+        }
         let name = names.unique(&output_names[i]);
         let t = declare(&mut kb, &name, v, true)?;
         outputs[i] =
@@ -606,6 +640,33 @@ impl Names {
         }
         name
     }
+}
+
+/// Removes zero-element values: steps whose outputs are all empty are dropped, empty
+/// outputs of the others (a split piece) and empty inputs of steps that skip them
+/// (concatenation) are left out; any other step reading an empty value is refused.
+fn drop_empty(g: &Graph, steps: Vec<Step>) -> Result<Vec<Step>, LowerError> {
+    let empty = |v: &ValueId| g.value(*v).ty.numel() == 0;
+    let mut kept = Vec::with_capacity(steps.len());
+    for mut s in steps {
+        s.outputs.retain(|v| !empty(v));
+        if s.outputs.is_empty() {
+            continue;
+        }
+        if s.inputs.iter().any(empty) {
+            let skips = matches!(&s.kind, StepKind::Emit(e) if e.skips_empty_inputs());
+            if !skips {
+                return Err(LowerError::Unsupported {
+                    node: s.node.clone(),
+                    op_type: s.op_type.clone(),
+                    reason: "an input has no elements".into(),
+                });
+            }
+            s.inputs.retain(|v| !empty(v));
+        }
+        kept.push(s);
+    }
+    Ok(kept)
 }
 
 /// Graph outputs that no node computes (graph inputs, constants) or that are listed

@@ -10,10 +10,11 @@
 //! `transpose`; others fall back to a strided copy.
 
 use trainyard_arch::DType;
-use trainyard_isa::{Ap, Dim, Engine, Space};
+use trainyard_isa::{AluOp, Ap, Dim, Engine, Space};
 use trainyard_kernels::library::KernelArgs;
 use trainyard_kernels::{BuildError, HbmTensor};
 
+use super::elementwise::{Arg, Elementwise, EwProgram};
 use super::emit::{copy_flat, Cx, Emitter, Io, Step};
 use super::plan::{step, Planner};
 use super::{unsupported, LowerError};
@@ -210,13 +211,9 @@ pub fn plan(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
                     if !p.dtype_of(x).is_float() {
                         return Err(unsupported(node, "gathers of non-float data by run-time indices"));
                     }
-                    return Ok(step(
-                        node,
-                        &node.op_type.clone(),
-                        vec![x, idx],
-                        node.outputs.clone(),
-                        GatherRows { axis: *axis },
-                    ));
+                    let n = xs.get(*axis).copied().unwrap_or(1);
+                    let e = GatherRows { axis: *axis, n, idx_shape: p.shape(idx) };
+                    return Ok(step(node, &node.op_type.clone(), vec![x, idx], node.outputs.clone(), e));
                 }
             }
         }
@@ -321,6 +318,10 @@ impl Move {
 }
 
 impl Emitter for Move {
+    fn skips_empty_inputs(&self) -> bool {
+        matches!(self, Move::Concat(_))
+    }
+
     fn kernels(&self) -> String {
         match self {
             Move::Transpose(_) | Move::DepthToSpace { .. } | Move::SpaceToDepth { .. } => "transpose".into(),
@@ -448,11 +449,17 @@ impl Emitter for Move {
 /// indirect DMA (the library `embedding`), per outer index.
 struct GatherRows {
     axis: usize,
+    /// Length of the indexed axis (negative indices count from it).
+    n: usize,
+    idx_shape: Vec<usize>,
 }
 
 impl Emitter for GatherRows {
     fn kernels(&self) -> String {
-        "embedding".into()
+        "elementwise+embedding".into()
+    }
+    fn temps(&self) -> Vec<(Vec<usize>, DType)> {
+        vec![(self.idx_shape.clone(), DType::I32)]
     }
     fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError> {
         let (x, idx, y) = (io.input(0)?, io.input(1)?, io.output(0)?);
@@ -464,7 +471,14 @@ impl Emitter for GatherRows {
                 message: "indices must be 32-bit integers".into(),
             });
         }
-        let ids = idx.reshaped(&[t])?;
+        // Negative indices count from the end: i + n·(i < 0).
+        let ids = super::emit::fit(io.temp(0)?, &[t])?;
+        let mut wrap = EwProgram::new(Arg::In(0));
+        let neg = wrap.alu(AluOp::Lt, Arg::In(0), Arg::Imm(0.0));
+        let off = wrap.ts(neg, (AluOp::Mul, self.n as f32), None);
+        wrap.result = wrap.alu(AluOp::Add, Arg::In(0), off);
+        let pass = Io { inputs: vec![idx.reshaped(&[t])?], outputs: vec![ids.clone()], temps: vec![] };
+        Elementwise::new(wrap).emit(cx, &pass)?;
         let es = x.dtype().size() as u64;
         for o in 0..outer {
             let table = x.region(&format!("{}[{o}]", x.name()), (o * n * inner) as u64 * es, &[n, inner], x.dtype())?;
