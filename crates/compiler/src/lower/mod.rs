@@ -40,6 +40,7 @@ mod linalg;
 mod movement;
 mod nn;
 mod plan;
+mod resize;
 mod rows;
 #[cfg(test)]
 mod tests;

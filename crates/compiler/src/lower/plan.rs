@@ -7,7 +7,7 @@ use trainyard_arch::DType;
 
 use super::elementwise::{Arg, Elementwise, EwProgram};
 use super::emit::{Emitter, Step, StepKind};
-use super::{io, linalg, movement, nn, rows, unsupported, LowerError};
+use super::{io, linalg, movement, nn, resize, rows, unsupported, LowerError};
 use crate::graph::{DataType, FusedArg, FusedStep, Graph, Node, Op, Tensor, ValueId};
 
 /// Planning state: the graph (constants derived at compile time are added to it),
@@ -122,6 +122,7 @@ fn plan_node(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError>
         Op::Conv(_) => nn::conv(p, k, node),
         Op::ConvTranspose(_) => nn::conv_transpose(p, node),
         Op::Pool(_) | Op::GlobalPool(_) => nn::pool(p, node),
+        Op::Resize(_) => resize::plan(p, node),
         Op::BatchNorm { .. } | Op::InstanceNorm { .. } | Op::GroupNorm { .. } => nn::norm(p, node),
         Op::Lrn { .. } => nn::lrn(p, node),
         Op::Softmax { .. }
@@ -137,7 +138,6 @@ fn plan_node(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError>
         | Op::Pad { .. }
         | Op::Gather { .. }
         | Op::Tile { .. }
-        | Op::Resize(_)
         | Op::DepthToSpace { .. }
         | Op::SpaceToDepth { .. } => movement::plan(p, node),
         other => Err(unsupported(node, format!("{} has no device lowering", op_name(other)))),

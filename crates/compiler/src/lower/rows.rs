@@ -191,6 +191,78 @@ impl Emitter for RowStep {
     }
 }
 
+/// LayerNormalization with its mean and inverse standard deviation outputs, composed:
+/// `μ = mean(x)`, `d = x − μ`, `σ⁻¹ = rsqrt(mean(d²) + ε)`, `y = d·σ⁻¹·γ + β`.
+struct LayerNormStats {
+    eps: f64,
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+    mean_out: Option<usize>,
+    inv_out: Option<usize>,
+    batch_ok: bool,
+}
+
+impl Emitter for LayerNormStats {
+    fn kernels(&self) -> String {
+        "reduce+elementwise".into()
+    }
+    fn temps(&self) -> Vec<(Vec<usize>, DType)> {
+        let (r, c) = (self.rows, self.cols);
+        vec![
+            (vec![r, c], self.dtype),
+            (vec![r, c], self.dtype),
+            (vec![r], self.dtype),
+            (vec![r], self.dtype),
+            (vec![r], self.dtype),
+        ]
+    }
+    fn batch_separable(&self, batched: &[bool], _: &[Vec<usize>], _: &[usize]) -> bool {
+        self.batch_ok && batched.first() == Some(&true) && !batched[1..].iter().any(|&b| b)
+    }
+    fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError> {
+        let (x, y) = (io.input(0)?, io.output(0)?);
+        let cols = self.cols;
+        let rows = x.shape().iter().product::<usize>() / cols.max(1);
+        let x2 = x.reshaped(&[rows, cols])?;
+        let (d, sq) = (fit(io.temp(0)?, &[rows, cols])?, fit(io.temp(1)?, &[rows, cols])?);
+        let (mean, var, inv) = (fit(io.temp(2)?, &[rows])?, fit(io.temp(3)?, &[rows])?, fit(io.temp(4)?, &[rows])?);
+        let base = KernelArgs::new(&[rows, cols], x.dtype()).with("op", "mean").with("axis", "1");
+        let ew = |cx: &mut Cx, prog: EwProgram, inputs: Vec<HbmTensor>, out: HbmTensor| {
+            Elementwise::new(prog).emit(cx, &Io { inputs, outputs: vec![out], temps: vec![] })
+        };
+        cx.library("reduce", base.clone(), &[("x", &x2), ("y", &mean)])?;
+        let mut sub = EwProgram::new(Arg::In(0));
+        sub.result = sub.alu(AluOp::Sub, Arg::In(0), Arg::In(1));
+        ew(cx, sub, vec![x2, mean.reshaped(&[rows, 1])?], d.clone())?;
+        let mut square = EwProgram::new(Arg::In(0));
+        square.result = square.act(ActFn::Square, Arg::In(0), 1.0, 0.0);
+        ew(cx, square, vec![d.clone()], sq.clone())?;
+        cx.library("reduce", base, &[("x", &sq), ("y", &var)])?;
+        let mut rs = EwProgram::new(Arg::In(0));
+        rs.result = rs.act(ActFn::Rsqrt, Arg::In(0), 1.0, self.eps as f32);
+        ew(cx, rs, vec![var], inv.clone())?;
+        let mut norm = EwProgram::new(Arg::In(0));
+        let t = norm.alu(AluOp::Mul, Arg::In(0), Arg::In(1));
+        let t = norm.alu(AluOp::Mul, t, Arg::In(2));
+        norm.result = norm.alu(AluOp::Add, t, Arg::In(3));
+        let params = [io.input(1)?.reshaped(&[cols])?, io.input(2)?.reshaped(&[cols])?];
+        ew(
+            cx,
+            norm,
+            vec![d, inv.reshaped(&[rows, 1])?, params[0].clone(), params[1].clone()],
+            y.reshaped(&[rows, cols])?,
+        )?;
+        for (out, src) in [(self.mean_out, &mean), (self.inv_out, &inv)] {
+            if let Some(i) = out {
+                let o = io.output(i)?;
+                ew(cx, EwProgram::new(Arg::In(0)), vec![src.clone()], o.reshaped(&[rows])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reductions over one or more axes: `reduce` per merged group of reduced axes, with
 /// elementwise passes before (|x|, x², e^x) and after (√, ln).
 struct ReduceStep {
@@ -349,8 +421,9 @@ pub fn plan(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
     let dtype = p.dev(x);
     let uses = p.g.use_counts();
     let used = |v: &ValueId| uses[v.0 as usize] > 0 || p.g.outputs.contains(v);
-    if node.outputs.iter().skip(1).any(used) {
-        return Err(unsupported(node, "the mean / inverse standard deviation outputs"));
+    let stats: Vec<ValueId> = node.outputs.iter().skip(1).copied().filter(used).collect();
+    if !stats.is_empty() && !matches!(node.op, Op::LayerNorm { .. }) {
+        return Err(unsupported(node, "a second output"));
     }
     let row = |op: RowOp, axis: usize, cols: usize, coerce: bool| -> RowStep {
         let perm = (!coerce && axis + 1 < xs.len()).then(|| to_last(xs.len(), axis));
@@ -386,6 +459,31 @@ pub fn plan(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
                 if p.dtype_of(v) != p.dtype_of(x) {
                     return Err(unsupported(node, "scale and bias must have the input's element type"));
                 }
+            }
+            if let (RowOp::LayerNorm { eps }, false) = (&op, stats.is_empty()) {
+                let (mean, inv) = (
+                    node.outputs.get(1).filter(|v| stats.contains(v)),
+                    node.outputs.get(2).filter(|v| stats.contains(v)),
+                );
+                let mut outs = outputs;
+                let mean_out = mean.map(|&v| {
+                    outs.push(v);
+                    outs.len() - 1
+                });
+                let inv_out = inv.map(|&v| {
+                    outs.push(v);
+                    outs.len() - 1
+                });
+                let st = LayerNormStats {
+                    eps: *eps,
+                    rows: xs.iter().product::<usize>() / cols.max(1),
+                    cols,
+                    dtype,
+                    mean_out,
+                    inv_out,
+                    batch_ok: *axis > 0,
+                };
+                return Ok(step(node, &node.op_type.clone(), inputs, outs, st));
             }
             // The normalized axes are the trailing ones: no transpose.
             let st = RowStep { op, shape: xs.clone(), perm: None, cols, dtype, batch_ok: *axis > 0 };
