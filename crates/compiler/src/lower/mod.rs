@@ -368,6 +368,9 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
     if opts.optimize {
         crate::passes::optimize(&mut g)?;
     }
+    if fold_empty(&mut g)? > 0 {
+        crate::passes::fold_constants(&mut g)?;
+    }
     let output_names: Vec<String> = g.outputs.iter().map(|&v| g.value(v).name.clone()).collect();
     detach_outputs(&mut g);
     let steps = plan::plan(&mut g, opts.dtype)?;
@@ -641,6 +644,48 @@ impl Names {
         }
         name
     }
+}
+
+/// Evaluates on the host every node that reads a zero-element value and otherwise only
+/// constants (a reduction over an empty set is a constant), so the device never sees
+/// it. Returns how many were folded.
+fn fold_empty(g: &mut Graph) -> Result<usize, LowerError> {
+    let mut keep = vec![true; g.nodes.len()];
+    for k in 0..g.nodes.len() {
+        let node = &g.nodes[k];
+        let empty = |v: &ValueId| g.value(*v).ty.numel() == 0;
+        if !node.inputs.iter().any(empty) || node.outputs.iter().all(empty) {
+            continue;
+        }
+        let consts: Option<Vec<Arc<Tensor>>> = node
+            .inputs
+            .iter()
+            .map(|&v| {
+                let val = g.value(v);
+                val.constant
+                    .clone()
+                    .or_else(|| empty(&v).then(|| Arc::new(Tensor::zeros(val.ty.dtype, val.ty.shape.clone()))))
+            })
+            .collect();
+        let Some(consts) = consts else { continue };
+        let refs: Vec<&Tensor> = consts.iter().map(|c| c.as_ref()).collect();
+        let tys: Vec<TensorType> = node.outputs.iter().map(|&o| g.value(o).ty.clone()).collect();
+        let results = crate::interp::eval(&node.op, &refs, &tys).map_err(|reason| LowerError::Unsupported {
+            node: node.name.clone(),
+            op_type: node.op_type.clone(),
+            reason: format!("evaluating it on its empty input: {reason}"),
+        })?;
+        let outs = node.outputs.clone();
+        for (o, t) in outs.into_iter().zip(results) {
+            g.value_mut(o).constant = Some(Arc::new(t));
+        }
+        keep[k] = false;
+    }
+    let folded = keep.iter().filter(|k| !**k).count();
+    if folded > 0 {
+        crate::passes::compact(g, &keep);
+    }
+    Ok(folded)
 }
 
 /// Removes zero-element values: steps whose outputs are all empty are dropped, empty

@@ -652,10 +652,18 @@ pub fn norm(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
                 .map(|&v| p.constant(v).filter(|t| t.len() == c).map(|t| t.to_f64_vec()))
                 .collect();
             let Some([gamma, beta, mean, var]) = params.as_deref() else {
-                return Err(unsupported(
-                    node,
-                    "scale, bias, mean and variance must be constants with one value per channel",
-                ));
+                // Parameters given at run time: (x − μ)·γ·rsqrt(σ² + ε) + β per channel.
+                if node.inputs[1..].iter().any(|&v| p.g.value(v).ty.numel() != c) {
+                    return Err(unsupported(node, "scale, bias, mean and variance need one value per channel"));
+                }
+                let mut prog = EwProgram::new(Arg::In(0));
+                let d = prog.alu(AluOp::Sub, Arg::In(0), Arg::In(3));
+                let r = prog.act(ActFn::Rsqrt, Arg::In(4), 1.0, *epsilon as f32);
+                let t = prog.alu(AluOp::Mul, d, r);
+                let t = prog.alu(AluOp::Mul, t, Arg::In(1));
+                prog.result = prog.alu(AluOp::Add, t, Arg::In(2));
+                let e = PerChannel { prog, channel_shape };
+                return Ok(step(node, &node.op_type.clone(), node.inputs[..5].to_vec(), vec![node.outputs[0]], e));
             };
             let s: Vec<f64> = (0..c).map(|i| gamma[i] / (var[i] + epsilon).sqrt()).collect();
             let t: Vec<f64> = (0..c).map(|i| beta[i] - mean[i] * s[i]).collect();
@@ -697,6 +705,29 @@ pub fn norm(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
             Ok(step(node, &node.op_type.clone(), vec![x, ones, zeros, scale, bias], vec![node.outputs[0]], e))
         }
         _ => Err(unsupported(node, "not a normalization")),
+    }
+}
+
+/// An elementwise program whose inputs after the first hold one value per channel
+/// (axis 1): they are viewed as `[C, 1, …]` so they broadcast along the positions.
+struct PerChannel {
+    prog: EwProgram,
+    channel_shape: Vec<usize>,
+}
+
+impl Emitter for PerChannel {
+    fn kernels(&self) -> String {
+        "elementwise".into()
+    }
+    fn batch_separable(&self, batched: &[bool], _: &[Vec<usize>], _: &[usize]) -> bool {
+        batched.first() == Some(&true) && !batched[1..].iter().any(|&b| b)
+    }
+    fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError> {
+        let mut inputs = vec![io.input(0)?.clone()];
+        for t in &io.inputs[1..] {
+            inputs.push(t.reshaped(&self.channel_shape)?);
+        }
+        Elementwise::new(self.prog.clone()).emit(cx, &Io { inputs, outputs: io.outputs.clone(), temps: vec![] })
     }
 }
 

@@ -16,7 +16,7 @@ use trainyard_kernels::{BuildError, HbmTensor};
 
 use super::elementwise::{Arg, Elementwise, EwProgram};
 use super::emit::{fit, Cx, Emitter, Io, Step, StepKind};
-use super::movement::transpose;
+use super::movement::{copy_strided, transpose, Side};
 use super::plan::{step, Planner};
 use super::{unsupported, LowerError};
 use crate::graph::{Node, Op, ReduceKind, SoftmaxKind, Tensor, ValueId};
@@ -43,7 +43,7 @@ enum RowOp {
     LogSoftmax,
     LayerNorm { eps: f64 },
     RmsNorm { eps: f64 },
-    ArgMax { negate: bool },
+    ArgMax { negate: bool, last: bool },
 }
 
 struct RowStep {
@@ -75,7 +75,7 @@ impl RowStep {
                 v.push((vec![rows, self.cols], self.dtype));
                 v.push((vec![rows], self.dtype));
             }
-            RowOp::ArgMax { negate: true } => v.push((vec![rows, self.cols], self.dtype)),
+            RowOp::ArgMax { negate, last } if negate || last => v.push((vec![rows, self.cols], self.dtype)),
             _ => {}
         }
         v
@@ -130,19 +130,32 @@ impl RowStep {
                 let pass = Io { inputs: vec![t.clone(), s.reshaped(&[rows, 1])?], outputs: vec![y2], temps: vec![] };
                 Elementwise::new(fin).emit(cx, &pass)
             }
-            RowOp::ArgMax { negate } => {
-                let src = if *negate {
+            RowOp::ArgMax { negate, last } => {
+                let mut src = x2;
+                if *last {
+                    // The last maximum is the first of the reversed row.
+                    let rev = fit(&extra[0], &[rows, cols])?;
+                    let from = Side { offset: cols as i64 - 1, strides: vec![cols as i64, -1] };
+                    copy_strided(cx, &rev, &Side::dense(&[rows, cols]), &src, &from, &[rows, cols])?;
+                    src = rev;
+                }
+                if *negate {
                     let neg = fit(&extra[0], &[rows, cols])?;
                     let mut p = EwProgram::new(Arg::In(0));
                     p.result = p.ts(Arg::In(0), (AluOp::Mul, -1.0), None);
                     Elementwise::new(p)
-                        .emit(cx, &Io { inputs: vec![x2.clone()], outputs: vec![neg.clone()], temps: vec![] })?;
-                    neg
-                } else {
-                    x2
-                };
-                let args = base.with("index", "i32");
-                cx.library("argmax", args, &[("x", &src), ("idx", &y.reshaped(&[rows])?)])
+                        .emit(cx, &Io { inputs: vec![src], outputs: vec![neg.clone()], temps: vec![] })?;
+                    src = neg;
+                }
+                let idx = y.reshaped(&[rows])?;
+                cx.library("argmax", base.with("index", "i32"), &[("x", &src), ("idx", &idx)])?;
+                if *last {
+                    let mut p = EwProgram::new(Arg::In(0));
+                    p.result = p.ts(Arg::In(0), (AluOp::Mul, -1.0), Some((AluOp::Add, cols as f32 - 1.0)));
+                    Elementwise::new(p)
+                        .emit(cx, &Io { inputs: vec![idx.clone()], outputs: vec![idx], temps: vec![] })?;
+                }
+                Ok(())
             }
         }
     }
@@ -155,8 +168,9 @@ impl Emitter for RowStep {
             RowOp::LogSoftmax => "reduce+elementwise",
             RowOp::LayerNorm { .. } => "layernorm",
             RowOp::RmsNorm { .. } => "rmsnorm",
-            RowOp::ArgMax { negate: false } => "argmax",
-            RowOp::ArgMax { negate: true } => "elementwise+argmax",
+            RowOp::ArgMax { negate: false, last: false } => "argmax",
+            RowOp::ArgMax { last: false, .. } => "elementwise+argmax",
+            RowOp::ArgMax { .. } => "dma_copy+elementwise+argmax",
         };
         if self.perm.is_some() {
             format!("transpose+{k}")
@@ -188,6 +202,54 @@ impl Emitter for RowStep {
                 transpose(cx, &yt, y, inv)
             }
         }
+    }
+}
+
+/// `x / ‖x‖p` along an axis (0 where the norm is 0): `|x|` or `x²`, a sum along the
+/// axis (`reduce`), then one elementwise pass.
+struct LpNormStep {
+    axis: usize,
+    p: i64,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl Emitter for LpNormStep {
+    fn kernels(&self) -> String {
+        "elementwise+reduce+elementwise".into()
+    }
+    fn temps(&self) -> Vec<(Vec<usize>, DType)> {
+        let mut kept = self.shape.clone();
+        kept.remove(self.axis);
+        vec![(self.shape.clone(), self.dtype), (kept, self.dtype)]
+    }
+    fn batch_separable(&self, batched: &[bool], _: &[Vec<usize>], _: &[usize]) -> bool {
+        self.axis > 0 && batched.first() == Some(&true)
+    }
+    fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError> {
+        let (x, y) = (io.input(0)?, io.output(0)?);
+        let s = x.shape();
+        let (outer, len, inner) =
+            (s[..self.axis].iter().product::<usize>(), s[self.axis], s[self.axis + 1..].iter().product::<usize>());
+        let x3 = x.reshaped(&[outer, len, inner])?;
+        let (t, sum) = (fit(io.temp(0)?, &[outer, len, inner])?, fit(io.temp(1)?, &[outer, inner])?);
+        let mut pre = EwProgram::new(Arg::In(0));
+        pre.result = pre.act(if self.p == 1 { ActFn::Abs } else { ActFn::Square }, Arg::In(0), 1.0, 0.0);
+        Elementwise::new(pre).emit(cx, &Io { inputs: vec![x3.clone()], outputs: vec![t.clone()], temps: vec![] })?;
+        let args = KernelArgs::new(&[outer, len, inner], x.dtype()).with("op", "sum").with("axis", "1");
+        cx.library("reduce", args, &[("x", &t), ("y", &sum)])?;
+        let mut fin = EwProgram::new(Arg::In(0));
+        let norm = if self.p == 2 { fin.act(ActFn::Sqrt, Arg::In(1), 1.0, 0.0) } else { Arg::In(1) };
+        let inv = fin.act(ActFn::Reciprocal, norm, 1.0, 0.0);
+        let zero = fin.ts(norm, (AluOp::Eq, 0.0), None);
+        let f = fin.select(zero, Arg::Imm(0.0), inv);
+        fin.result = fin.alu(AluOp::Mul, Arg::In(0), f);
+        let pass = Io {
+            inputs: vec![x3, sum.reshaped(&[outer, 1, inner])?],
+            outputs: vec![y.reshaped(&[outer, len, inner])?],
+            temps: vec![],
+        };
+        Elementwise::new(fin).emit(cx, &pass)
     }
 }
 
@@ -490,10 +552,12 @@ pub fn plan(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
             Ok(step(node, &node.op_type.clone(), inputs, outputs, st))
         }
         Op::ArgReduce { max, axis, last_index, .. } => {
-            if *last_index {
-                return Err(unsupported(node, "select_last_index"));
-            }
-            let st = row(RowOp::ArgMax { negate: !max }, *axis, xs.get(*axis).copied().unwrap_or(1), false);
+            let st = row(
+                RowOp::ArgMax { negate: !max, last: *last_index },
+                *axis,
+                xs.get(*axis).copied().unwrap_or(1),
+                false,
+            );
             Ok(step(node, &node.op_type.clone(), vec![x], outputs, st))
         }
         Op::Reduce { kind, axes, .. } => {
@@ -540,7 +604,18 @@ pub fn plan(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
             };
             Ok(step(node, &node.op_type.clone(), vec![x], outputs, ReduceStep { op, pre, post, groups, dtype }))
         }
-        Op::LpNorm { .. } => Err(unsupported(node, "LpNormalization is not lowered yet")),
+        Op::LpNorm { axis, p: order } => {
+            if !matches!(order, 1 | 2) {
+                return Err(unsupported(node, format!("p = {order}")));
+            }
+            Ok(step(
+                node,
+                &node.op_type.clone(),
+                vec![x],
+                outputs,
+                LpNormStep { axis: *axis, p: *order, shape: xs, dtype },
+            ))
+        }
         _ => Err(unsupported(node, "not a row op")),
     }
 }
