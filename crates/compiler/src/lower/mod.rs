@@ -650,10 +650,9 @@ impl Names {
 /// constants (a reduction over an empty set is a constant), so the device never sees
 /// it. Returns how many were folded.
 fn fold_empty(g: &mut Graph) -> Result<usize, LowerError> {
-    let mut keep = vec![true; g.nodes.len()];
-    for k in 0..g.nodes.len() {
-        let node = &g.nodes[k];
-        let empty = |v: &ValueId| g.value(*v).ty.numel() == 0;
+    let mut folded: Vec<(usize, Vec<(ValueId, Tensor)>)> = Vec::new();
+    let empty = |v: &ValueId| g.value(*v).ty.numel() == 0;
+    for (k, node) in g.nodes.iter().enumerate() {
         if !node.inputs.iter().any(empty) || node.outputs.iter().all(empty) {
             continue;
         }
@@ -675,17 +674,19 @@ fn fold_empty(g: &mut Graph) -> Result<usize, LowerError> {
             op_type: node.op_type.clone(),
             reason: format!("evaluating it on its empty input: {reason}"),
         })?;
-        let outs = node.outputs.clone();
-        for (o, t) in outs.into_iter().zip(results) {
-            g.value_mut(o).constant = Some(Arc::new(t));
-        }
-        keep[k] = false;
+        folded.push((k, node.outputs.iter().copied().zip(results).collect()));
     }
-    let folded = keep.iter().filter(|k| !**k).count();
-    if folded > 0 {
+    let mut keep = vec![true; g.nodes.len()];
+    for (k, outs) in &folded {
+        keep[*k] = false;
+        for (o, t) in outs {
+            g.value_mut(*o).constant = Some(Arc::new(t.clone()));
+        }
+    }
+    if !folded.is_empty() {
         crate::passes::compact(g, &keep);
     }
-    Ok(folded)
+    Ok(folded.len())
 }
 
 /// Removes zero-element values: steps whose outputs are all empty are dropped, empty
