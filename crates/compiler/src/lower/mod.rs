@@ -126,6 +126,10 @@ pub struct HbmReport {
     pub outputs: u64,
     /// The intermediates' arena (liveness-planned).
     pub arena: u64,
+    /// Scratch the kernels keep for themselves (e.g. a padded copy of a convolution's
+    /// input), one per core and kind, reused by every step.
+    #[serde(default)]
+    pub workspace: u64,
     /// The most intermediate bytes live at one step (a lower bound of `arena`).
     pub live_peak: u64,
     /// Peak HBM use: everything above.
@@ -610,6 +614,14 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
     }
     kb.clear_core_window();
     let program = kb.finish().map_err(LowerError::from)?;
+    let mut report = report;
+    report.workspace = program
+        .tensors
+        .iter()
+        .filter(|t| t.kind == trainyard_isa::TensorKind::Scratch && t.name != "arena")
+        .map(|t| t.bytes())
+        .sum();
+    report.peak += report.workspace;
     let outputs = outputs.into_iter().flatten().collect();
     Ok(Compiled { program, inputs, outputs, weights, ops, hbm: report, parallelism, graph: g })
 }
