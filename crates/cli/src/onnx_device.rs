@@ -229,14 +229,15 @@ fn hbm_line(h: &lower::HbmReport) -> String {
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     format!(
         "HBM peak {:.2} MiB of {:.0} GiB: weights {:.2} MiB, inputs {:.2} MiB, outputs {:.2} MiB, intermediates {:.2} MiB \
-         (liveness-planned; {:.2} MiB live at most)",
+         (liveness-planned; {:.2} MiB live at most), kernel workspace {:.2} MiB",
         mib(h.peak),
         h.capacity as f64 / (1u64 << 30) as f64,
         mib(h.weights),
         mib(h.inputs),
         mib(h.outputs),
         mib(h.arena),
-        mib(h.live_peak)
+        mib(h.live_peak),
+        mib(h.workspace)
     )
 }
 

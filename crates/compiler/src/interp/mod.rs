@@ -160,6 +160,24 @@ pub fn eval(op: &Op, inputs: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tenso
     }
 }
 
+/// The taps of `Resize` `r` along `axis` (input length `in_len`, output `out_len`): for
+/// each output index, the input indices and weights it sums, or `None` where
+/// `tf_crop_and_resize` extrapolates. Lowerings use it to resize exactly as here.
+pub fn resize_taps(
+    r: &crate::graph::Resize,
+    axis: usize,
+    in_len: usize,
+    out_len: usize,
+) -> Vec<Option<Vec<(usize, f64)>>> {
+    let identity = in_len == out_len
+        && r.scales.get(axis) == Some(&1.0)
+        && r.coordinate != crate::graph::CoordinateMode::TfCropAndResize;
+    if identity {
+        return (0..out_len).map(|i| Some(vec![(i, 1.0)])).collect();
+    }
+    movement::axis_taps(r, axis, in_len, out_len)
+}
+
 /// Runs `graph` with its inputs bound by name; returns every graph output by name.
 ///
 /// The graph is verified first, so a hand-built graph with inconsistent types is an

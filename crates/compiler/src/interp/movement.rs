@@ -328,7 +328,7 @@ fn coefficients(r: &Resize, ratio: f64, scale: f64) -> Vec<f64> {
 }
 
 /// The taps of every output index along one axis.
-fn axis_taps(r: &Resize, axis: usize, in_len: usize, out_len: usize) -> Vec<Taps> {
+pub(crate) fn axis_taps(r: &Resize, axis: usize, in_len: usize, out_len: usize) -> Vec<Taps> {
     (0..out_len)
         .map(|i| {
             let x = source_coord(r, axis, i, in_len, out_len);

@@ -281,7 +281,30 @@ impl EwProgram {
                     (false, false) => x,
                 }
             }
-            Sin | Cos | Tan | Asin | Acos | Atan | Sinh | Cosh | Asinh | Acosh | Atanh | BitwiseNot => {
+            Sinh | Cosh => {
+                // (e^x ∓ e^−x) / 2.
+                let a = self.act(ActFn::Exp, x, 1.0, 0.0);
+                let b = self.act(ActFn::Exp, x, -1.0, 0.0);
+                let op = if matches!(u, Sinh) { AluOp::Sub } else { AluOp::Add };
+                let s = self.alu(op, a, b);
+                self.ts(s, (AluOp::Mul, 0.5), None)
+            }
+            Asinh | Acosh => {
+                // ln(x + √(x² ± 1)).
+                let sq = self.act(ActFn::Square, x, 1.0, 0.0);
+                let r = self.act(ActFn::Sqrt, sq, 1.0, if matches!(u, Asinh) { 1.0 } else { -1.0 });
+                let s = self.alu(AluOp::Add, x, r);
+                self.act(ActFn::Log, s, 1.0, 0.0)
+            }
+            Atanh => {
+                // ln((1 + x) / (1 − x)) / 2.
+                let num = self.ts(x, (AluOp::Add, 1.0), None);
+                let den = self.ts(x, (AluOp::Mul, -1.0), Some((AluOp::Add, 1.0)));
+                let q = self.alu(AluOp::Div, num, den);
+                let l = self.act(ActFn::Log, q, 1.0, 0.0);
+                self.ts(l, (AluOp::Mul, 0.5), None)
+            }
+            Sin | Cos | Tan | Asin | Acos | Atan | BitwiseNot => {
                 return Err(format!("{u:?} has no device instruction"))
             }
         })

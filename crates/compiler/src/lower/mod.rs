@@ -40,6 +40,7 @@ mod linalg;
 mod movement;
 mod nn;
 mod plan;
+mod resize;
 mod rows;
 #[cfg(test)]
 mod tests;
@@ -125,6 +126,10 @@ pub struct HbmReport {
     pub outputs: u64,
     /// The intermediates' arena (liveness-planned).
     pub arena: u64,
+    /// Scratch the kernels keep for themselves (e.g. a padded copy of a convolution's
+    /// input), one per core and kind, reused by every step.
+    #[serde(default)]
+    pub workspace: u64,
     /// The most intermediate bytes live at one step (a lower bound of `arena`).
     pub live_peak: u64,
     /// Peak HBM use: everything above.
@@ -367,6 +372,9 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
     if opts.optimize {
         crate::passes::optimize(&mut g)?;
     }
+    if fold_empty(&mut g)? > 0 {
+        crate::passes::fold_constants(&mut g)?;
+    }
     let output_names: Vec<String> = g.outputs.iter().map(|&v| g.value(v).name.clone()).collect();
     detach_outputs(&mut g);
     let steps = plan::plan(&mut g, opts.dtype)?;
@@ -606,6 +614,14 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
     }
     kb.clear_core_window();
     let program = kb.finish().map_err(LowerError::from)?;
+    let mut report = report;
+    report.workspace = program
+        .tensors
+        .iter()
+        .filter(|t| t.kind == trainyard_isa::TensorKind::Scratch && t.name != "arena")
+        .map(|t| t.bytes())
+        .sum();
+    report.peak += report.workspace;
     let outputs = outputs.into_iter().flatten().collect();
     Ok(Compiled { program, inputs, outputs, weights, ops, hbm: report, parallelism, graph: g })
 }
@@ -640,6 +656,49 @@ impl Names {
         }
         name
     }
+}
+
+/// Evaluates on the host every node that reads a zero-element value and otherwise only
+/// constants (a reduction over an empty set is a constant), so the device never sees
+/// it. Returns how many were folded.
+fn fold_empty(g: &mut Graph) -> Result<usize, LowerError> {
+    let mut folded: Vec<(usize, Vec<(ValueId, Tensor)>)> = Vec::new();
+    let empty = |v: &ValueId| g.value(*v).ty.numel() == 0;
+    for (k, node) in g.nodes.iter().enumerate() {
+        if !node.inputs.iter().any(empty) || node.outputs.iter().all(empty) {
+            continue;
+        }
+        let consts: Option<Vec<Arc<Tensor>>> = node
+            .inputs
+            .iter()
+            .map(|&v| {
+                let val = g.value(v);
+                val.constant
+                    .clone()
+                    .or_else(|| empty(&v).then(|| Arc::new(Tensor::zeros(val.ty.dtype, val.ty.shape.clone()))))
+            })
+            .collect();
+        let Some(consts) = consts else { continue };
+        let refs: Vec<&Tensor> = consts.iter().map(|c| c.as_ref()).collect();
+        let tys: Vec<TensorType> = node.outputs.iter().map(|&o| g.value(o).ty.clone()).collect();
+        let results = crate::interp::eval(&node.op, &refs, &tys).map_err(|reason| LowerError::Unsupported {
+            node: node.name.clone(),
+            op_type: node.op_type.clone(),
+            reason: format!("evaluating it on its empty input: {reason}"),
+        })?;
+        folded.push((k, node.outputs.iter().copied().zip(results).collect()));
+    }
+    let mut keep = vec![true; g.nodes.len()];
+    for (k, outs) in &folded {
+        keep[*k] = false;
+        for (o, t) in outs {
+            g.value_mut(*o).constant = Some(Arc::new(t.clone()));
+        }
+    }
+    if !folded.is_empty() {
+        crate::passes::compact(g, &keep);
+    }
+    Ok(folded.len())
 }
 
 /// Removes zero-element values: steps whose outputs are all empty are dropped, empty

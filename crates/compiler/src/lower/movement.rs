@@ -220,7 +220,6 @@ pub fn plan(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
         Op::Tile { repeats } => Move::Tile(repeats.clone()),
         Op::DepthToSpace { block, crd } => Move::DepthToSpace { block: *block, crd: *crd },
         Op::SpaceToDepth { block } => Move::SpaceToDepth { block: *block },
-        Op::Resize(_) => return Err(unsupported(node, "Resize is not lowered yet")),
         _ => return Err(unsupported(node, "not a data-movement op")),
     };
     let inputs = match kind {

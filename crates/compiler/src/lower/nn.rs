@@ -8,8 +8,9 @@ use trainyard_kernels::library::KernelArgs;
 use trainyard_kernels::{BuildError, HbmTensor};
 
 use super::elementwise::{Arg, Elementwise, EwProgram};
+use super::emit::fit;
 use super::emit::{Cx, Emitter, Io, Step};
-use super::movement::fill;
+use super::movement::{copy_strided, fill, Side};
 use super::plan::{step, Planner};
 use super::{unsupported, LowerError};
 use crate::graph::{Binary, FusedArg, FusedStep, Node, Op, PoolKind, Tensor, Unary, ValueId, Window};
@@ -157,11 +158,14 @@ pub fn conv(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError> 
         return Err(unsupported(node, format!("{}-D convolutions: the device lowers 1-D and 2-D ones", xs.len() - 2)));
     }
     let window = window2d(node, &c.window)?;
-    let wt =
-        p.constant(w).ok_or_else(|| unsupported(node, "the weights W must be constants (known when compiling)"))?;
-    let m = wt.shape().first().copied().unwrap_or(0);
+    let wt = p.constant(w);
+    let m = p.shape(w).first().copied().unwrap_or(0);
     let [n, ch, h, wd] = nchw(&xs);
     let g = ConvGeometry { n, c: ch, h, w: wd, m, groups: c.group, window };
+    let taps = window.kernel[0] * window.kernel[1];
+    if p.g.value(w).ty.numel() != m * (ch / c.group.max(1)) * taps || !p.dtype_of(w).is_float() {
+        return Err(unsupported(node, format!("weights {:?} do not match the input's {ch} channels", p.shape(w))));
+    }
     let mut ep = Epilogue {
         scale: vec![1.0; m],
         shift: vec![0.0; m],
@@ -190,6 +194,7 @@ pub fn conv(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError> 
         let fused = match &rn.op {
             Op::BatchNorm { epsilon, momentum: None }
                 if rn.inputs.first() == Some(&cur)
+                    && wt.is_some()
                     && ep.const_bias
                     && ep.residual.is_none()
                     && ep.act.is_none()
@@ -254,23 +259,33 @@ pub fn conv(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError> 
         types.push(rn.op_type.clone());
         cur = rn.outputs[0];
     }
-    // Weights with the batch norm's scale folded in, packed for the device.
-    let taps = window.kernel[0] * window.kernel[1];
-    let mut onnx = wt.to_f64_vec();
-    let per_m = onnx.len() / m.max(1);
-    for (i, v) in onnx.iter_mut().enumerate() {
-        *v *= ep.scale[i / per_m.max(1)];
-    }
-    if per_m != (ch / c.group.max(1)) * taps {
-        return Err(unsupported(node, format!("weights {:?} do not match the input's {ch} channels", wt.shape())));
-    }
+    // Weights with the batch norm's scale folded in, packed for the device (at run
+    // time when they are a graph input).
     let pack = ConvPacking::new(&g, 128);
-    let packed = pack.pack(&g, &onnx).map_err(|e| unsupported(node, e))?;
-    let wdt = wt.dtype();
-    let wp = p.add_constant(
-        &format!("{}.w", node.name),
-        Tensor::from_f64(wdt, vec![packed.len()], packed).map_err(|e| unsupported(node, e))?,
-    );
+    let wdt = p.dtype_of(w);
+    let (wp, runtime) = match &wt {
+        Some(wt) => {
+            let mut onnx = wt.to_f64_vec();
+            let per_m = onnx.len() / m.max(1);
+            for (i, v) in onnx.iter_mut().enumerate() {
+                *v *= ep.scale[i / per_m.max(1)];
+            }
+            let packed = pack.pack(&g, &onnx).map_err(|e| unsupported(node, e))?;
+            let t = Tensor::from_f64(wdt, vec![packed.len()], packed).map_err(|e| unsupported(node, e))?;
+            (p.add_constant(&format!("{}.w", node.name), t), None)
+        }
+        None => (
+            w,
+            Some(RuntimePack {
+                pack,
+                cg: ch / c.group.max(1),
+                mg: m / c.group.max(1),
+                kernel: window.kernel,
+                transposed: false,
+                dtype: p.dev(w),
+            }),
+        ),
+    };
     let mut inputs = vec![x, wp];
     if let Some(b) = runtime_bias {
         inputs.push(b);
@@ -290,6 +305,7 @@ pub fn conv(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError> 
         bias: ep.bias,
         residual: ep.residual.is_some(),
         upsample: None,
+        runtime,
     };
     Ok(step(node, &types.join("+"), inputs, vec![cur], e))
 }
@@ -305,6 +321,65 @@ struct ConvStep {
     bias: bool,
     residual: bool,
     upsample: Option<UpSample>,
+    /// Weights given at run time, packed on the device first.
+    runtime: Option<RuntimePack>,
+}
+
+/// Packing weights that are a graph input: one strided copy per (output block, input
+/// chunk, group), into a zeroed scratch tensor.
+struct RuntimePack {
+    pack: ConvPacking,
+    cg: usize,
+    mg: usize,
+    kernel: [usize; 2],
+    /// ConvTranspose weights `[C, M/G, KH, KW]`, flipped and swapped while packing.
+    transposed: bool,
+    dtype: DType,
+}
+
+impl RuntimePack {
+    fn emit(&self, cx: &mut Cx, packed: &HbmTensor, w: &HbmTensor) -> Result<(), BuildError> {
+        let [kh, kw] = self.kernel;
+        let taps = kh * kw;
+        let (cg, mg) = (self.cg, self.mg);
+        let groups = self.pack.chunks.iter().map(|c| c.end).max().unwrap_or(0) / cg.max(1);
+        if groups > 1 {
+            fill(cx, packed, 0.0)?;
+        }
+        let meet = |a: &std::ops::Range<usize>, b: std::ops::Range<usize>| a.start.max(b.start)..a.end.min(b.end);
+        for b in &self.pack.blocks {
+            let mo = b.m.len();
+            for part in &b.parts {
+                let ch = &self.pack.chunks[part.chunk];
+                for g in 0..groups.max(1) {
+                    let (mr, cr) = (meet(&b.m, g * mg..(g + 1) * mg), meet(ch, g * cg..(g + 1) * cg));
+                    if mr.is_empty() || cr.is_empty() {
+                        continue;
+                    }
+                    let (mi0, ci0) = (mr.start - b.m.start, cr.start - ch.start);
+                    let dst = Side {
+                        offset: (part.offset + ci0 * taps * mo + mi0) as i64,
+                        strides: vec![1, (taps * mo) as i64, (kw * mo) as i64, mo as i64],
+                    };
+                    let (ml0, cl0) = (mr.start - g * mg, cr.start - g * cg);
+                    let src = if self.transposed {
+                        // W[c, m_l, kh−1−i, kw−1−j].
+                        Side {
+                            offset: ((cr.start * mg + ml0) * taps + (kh - 1) * kw + (kw - 1)) as i64,
+                            strides: vec![taps as i64, (mg * taps) as i64, -(kw as i64), -1],
+                        }
+                    } else {
+                        Side {
+                            offset: ((mr.start * cg + cl0) * taps) as i64,
+                            strides: vec![(cg * taps) as i64, taps as i64, kw as i64, 1],
+                        }
+                    };
+                    copy_strided(cx, packed, &dst, w, &src, &[mr.len(), cr.len(), kh, kw])?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Zero-insertion of a transposed convolution.
@@ -341,7 +416,8 @@ impl Emitter for ConvStep {
     }
 
     fn temps(&self) -> Vec<(Vec<usize>, DType)> {
-        self.upsample.iter().map(|u| (u.shape.to_vec(), u.dtype)).collect()
+        let up = self.upsample.iter().map(|u| (u.shape.to_vec(), u.dtype));
+        up.chain(self.runtime.iter().map(|r| (vec![r.pack.len], r.dtype))).collect()
     }
 
     fn batch_separable(&self, batched: &[bool], _shapes: &[Vec<usize>], _out: &[usize]) -> bool {
@@ -355,7 +431,7 @@ impl Emitter for ConvStep {
         if let Some(u) = &self.upsample {
             let [n, c, h, w] = nchw(x.shape());
             let (hu, wu) = ((h - 1) * u.stride[0] + 1, (w - 1) * u.stride[1] + 1);
-            let up = super::emit::fit(io.temp(0)?, &[n, c, hu, wu])?;
+            let up = fit(io.temp(0)?, &[n, c, hu, wu])?;
             fill(cx, &up, 0.0)?;
             for i in 0..n {
                 let dst = up.view().at(0, i).slice_step(1, 0..hu, u.stride[0]).slice_step(2, 0..wu, u.stride[1]);
@@ -365,8 +441,13 @@ impl Emitter for ConvStep {
         }
         let shape = [x4.shape()[0], x4.shape()[1], x4.shape()[2], x4.shape()[3]];
         let y4 = y.reshaped(&nchw(y.shape()))?;
-        let w = io.input(1)?;
-        let mut bind: Vec<(&str, HbmTensor)> = vec![("x", x4.clone()), ("w", w.clone())];
+        let mut w = io.input(1)?.clone();
+        if let Some(r) = &self.runtime {
+            let packed = fit(io.temp(usize::from(self.upsample.is_some()))?, &[r.pack.len])?;
+            r.emit(cx, &packed, &w)?;
+            w = packed;
+        }
+        let mut bind: Vec<(&str, HbmTensor)> = vec![("x", x4.clone()), ("w", w)];
         let mut next = 2;
         if self.bias {
             bind.push(("bias", io.input(next)?.reshaped(&[self.m])?));
@@ -393,12 +474,10 @@ pub fn conv_transpose(p: &mut Planner, node: &Node) -> Result<Step, LowerError> 
     if !(3..=4).contains(&xs.len()) || !p.dtype_of(x).is_float() {
         return Err(unsupported(node, "only 1-D and 2-D float transposed convolutions"));
     }
-    let wt =
-        p.constant(w).ok_or_else(|| unsupported(node, "the weights W must be constants (known when compiling)"))?;
     let win = window2d(node, &ct.window)?;
     let g = ct.group.max(1);
     let [n, c, h, wd] = nchw(&xs);
-    let mg = wt.shape().get(1).copied().unwrap_or(0);
+    let mg = p.shape(w).get(1).copied().unwrap_or(0);
     let (m, cg) = (mg * g, c / g);
     let (kh, kw) = (win.kernel[0], win.kernel[1]);
     let op: [usize; 2] = match ct.output_padding.as_slice() {
@@ -423,29 +502,35 @@ pub fn conv_transpose(p: &mut Planner, node: &Node) -> Result<Step, LowerError> 
             pad(1, win.pads[3], op[1])?,
         ],
     };
-    // W'[m, c, i, j] = W[c, m, kh−1−i, kw−1−j] within each group.
-    let src = wt.to_f64_vec();
-    let mut conv_w = vec![0.0; m * cg * kh * kw];
-    for gi in 0..g {
-        for ml in 0..mg {
-            for cl in 0..cg {
-                for i in 0..kh {
-                    for j in 0..kw {
-                        let from = (((gi * cg + cl) * mg + ml) * kh + (kh - 1 - i)) * kw + (kw - 1 - j);
-                        conv_w[(((gi * mg + ml) * cg + cl) * kh + i) * kw + j] = src[from];
-                    }
-                }
-            }
-        }
-    }
     let (hu, wu) = ((h - 1) * win.stride[0] + 1, (wd - 1) * win.stride[1] + 1);
     let geom = ConvGeometry { n, c, h: hu, w: wu, m, groups: g, window: conv_win };
     let pack = ConvPacking::new(&geom, 128);
-    let packed = pack.pack(&geom, &conv_w).map_err(|e| unsupported(node, e))?;
-    let wp = p.add_constant(
-        &format!("{}.w", node.name),
-        Tensor::from_f64(wt.dtype(), vec![packed.len()], packed).map_err(|e| unsupported(node, e))?,
-    );
+    if p.g.value(w).ty.numel() != c * mg * kh * kw || !p.dtype_of(w).is_float() {
+        return Err(unsupported(node, format!("weights {:?} do not match the input's {c} channels", p.shape(w))));
+    }
+    let (wp, runtime) = match p.constant(w) {
+        Some(wt) => {
+            // W'[m, c, i, j] = W[c, m, kh−1−i, kw−1−j] within each group.
+            let src = wt.to_f64_vec();
+            let mut conv_w = vec![0.0; m * cg * kh * kw];
+            for gi in 0..g {
+                for ml in 0..mg {
+                    for cl in 0..cg {
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let from = (((gi * cg + cl) * mg + ml) * kh + (kh - 1 - i)) * kw + (kw - 1 - j);
+                                conv_w[(((gi * mg + ml) * cg + cl) * kh + i) * kw + j] = src[from];
+                            }
+                        }
+                    }
+                }
+            }
+            let packed = pack.pack(&geom, &conv_w).map_err(|e| unsupported(node, e))?;
+            let t = Tensor::from_f64(wt.dtype(), vec![packed.len()], packed).map_err(|e| unsupported(node, e))?;
+            (p.add_constant(&format!("{}.w", node.name), t), None)
+        }
+        None => (w, Some(RuntimePack { pack, cg, mg, kernel: win.kernel, transposed: true, dtype: p.dev(w) })),
+    };
     let mut inputs = vec![x, wp];
     if let Some(&b) = node.inputs.get(2) {
         inputs.push(b);
@@ -461,6 +546,7 @@ pub fn conv_transpose(p: &mut Planner, node: &Node) -> Result<Step, LowerError> 
         bias: node.inputs.len() > 2,
         residual: false,
         upsample,
+        runtime,
     };
     Ok(step(node, &node.op_type.clone(), inputs, node.outputs.clone(), e))
 }
@@ -566,10 +652,18 @@ pub fn norm(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
                 .map(|&v| p.constant(v).filter(|t| t.len() == c).map(|t| t.to_f64_vec()))
                 .collect();
             let Some([gamma, beta, mean, var]) = params.as_deref() else {
-                return Err(unsupported(
-                    node,
-                    "scale, bias, mean and variance must be constants with one value per channel",
-                ));
+                // Parameters given at run time: (x − μ)·γ·rsqrt(σ² + ε) + β per channel.
+                if node.inputs[1..].iter().any(|&v| p.g.value(v).ty.numel() != c) {
+                    return Err(unsupported(node, "scale, bias, mean and variance need one value per channel"));
+                }
+                let mut prog = EwProgram::new(Arg::In(0));
+                let d = prog.alu(AluOp::Sub, Arg::In(0), Arg::In(3));
+                let r = prog.act(ActFn::Rsqrt, Arg::In(4), 1.0, *epsilon as f32);
+                let t = prog.alu(AluOp::Mul, d, r);
+                let t = prog.alu(AluOp::Mul, t, Arg::In(1));
+                prog.result = prog.alu(AluOp::Add, t, Arg::In(2));
+                let e = PerChannel { prog, channel_shape };
+                return Ok(step(node, &node.op_type.clone(), node.inputs[..5].to_vec(), vec![node.outputs[0]], e));
             };
             let s: Vec<f64> = (0..c).map(|i| gamma[i] / (var[i] + epsilon).sqrt()).collect();
             let t: Vec<f64> = (0..c).map(|i| beta[i] - mean[i] * s[i]).collect();
@@ -611,6 +705,29 @@ pub fn norm(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
             Ok(step(node, &node.op_type.clone(), vec![x, ones, zeros, scale, bias], vec![node.outputs[0]], e))
         }
         _ => Err(unsupported(node, "not a normalization")),
+    }
+}
+
+/// An elementwise program whose inputs after the first hold one value per channel
+/// (axis 1): they are viewed as `[C, 1, …]` so they broadcast along the positions.
+struct PerChannel {
+    prog: EwProgram,
+    channel_shape: Vec<usize>,
+}
+
+impl Emitter for PerChannel {
+    fn kernels(&self) -> String {
+        "elementwise".into()
+    }
+    fn batch_separable(&self, batched: &[bool], _: &[Vec<usize>], _: &[usize]) -> bool {
+        batched.first() == Some(&true) && !batched[1..].iter().any(|&b| b)
+    }
+    fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError> {
+        let mut inputs = vec![io.input(0)?.clone()];
+        for t in &io.inputs[1..] {
+            inputs.push(t.reshaped(&self.channel_shape)?);
+        }
+        Elementwise::new(self.prog.clone()).emit(cx, &Io { inputs, outputs: io.outputs.clone(), temps: vec![] })
     }
 }
 

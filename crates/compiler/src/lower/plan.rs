@@ -7,7 +7,7 @@ use trainyard_arch::DType;
 
 use super::elementwise::{Arg, Elementwise, EwProgram};
 use super::emit::{Emitter, Step, StepKind};
-use super::{io, linalg, movement, nn, rows, unsupported, LowerError};
+use super::{io, linalg, movement, nn, resize, rows, unsupported, LowerError};
 use crate::graph::{DataType, FusedArg, FusedStep, Graph, Node, Op, Tensor, ValueId};
 
 /// Planning state: the graph (constants derived at compile time are added to it),
@@ -118,10 +118,12 @@ fn plan_node(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError>
         Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast { .. } | Op::FusedElementwise(_) | Op::Expand { .. } => {
             elementwise(p, node)
         }
+        Op::Trilu { upper, k } => trilu(p, node, *upper, *k),
         Op::MatMul | Op::Gemm { .. } | Op::FusedMatMul { .. } => linalg::plan(p, node),
         Op::Conv(_) => nn::conv(p, k, node),
         Op::ConvTranspose(_) => nn::conv_transpose(p, node),
         Op::Pool(_) | Op::GlobalPool(_) => nn::pool(p, node),
+        Op::Resize(_) => resize::plan(p, node),
         Op::BatchNorm { .. } | Op::InstanceNorm { .. } | Op::GroupNorm { .. } => nn::norm(p, node),
         Op::Lrn { .. } => nn::lrn(p, node),
         Op::Softmax { .. }
@@ -137,7 +139,6 @@ fn plan_node(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError>
         | Op::Pad { .. }
         | Op::Gather { .. }
         | Op::Tile { .. }
-        | Op::Resize(_)
         | Op::DepthToSpace { .. }
         | Op::SpaceToDepth { .. } => movement::plan(p, node),
         other => Err(unsupported(node, format!("{} has no device lowering", op_name(other)))),
@@ -212,6 +213,27 @@ fn elementwise(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
     let _ = out_type;
     prog.result = result;
     Ok(step(node, &node.op_type.clone(), inputs, node.outputs.clone(), Elementwise::new(prog)))
+}
+
+/// `Trilu`: the kept triangle selected by a constant 0/1 mask over the last two axes.
+fn trilu(p: &mut Planner, node: &Node, upper: bool, k: i64) -> Result<Step, LowerError> {
+    let x = node.inputs[0];
+    let xs = p.shape(x);
+    if xs.len() < 2 {
+        return Err(unsupported(node, "needs at least two axes"));
+    }
+    let (r, c) = (xs[xs.len() - 2], xs[xs.len() - 1]);
+    let keep: Vec<i128> = (0..r * c)
+        .map(|i| {
+            let d = (i % c) as i64 - (i / c) as i64;
+            i128::from(if upper { d >= k } else { d <= k })
+        })
+        .collect();
+    let mask = Tensor::from_i128(DataType::Bool, vec![r, c], keep).map_err(|e| unsupported(node, e))?;
+    let m = p.add_constant(&format!("{}.mask", node.name), mask);
+    let mut prog = EwProgram::new(Arg::In(0));
+    prog.result = prog.select(Arg::In(1), Arg::In(0), Arg::Imm(0.0));
+    Ok(step(node, &node.op_type.clone(), vec![x, m], node.outputs.clone(), Elementwise::new(prog)))
 }
 
 /// `Cast` from `from` to `to`: values are f32 on the device; floats round on the

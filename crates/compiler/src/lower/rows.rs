@@ -16,7 +16,7 @@ use trainyard_kernels::{BuildError, HbmTensor};
 
 use super::elementwise::{Arg, Elementwise, EwProgram};
 use super::emit::{fit, Cx, Emitter, Io, Step, StepKind};
-use super::movement::transpose;
+use super::movement::{copy_strided, transpose, Side};
 use super::plan::{step, Planner};
 use super::{unsupported, LowerError};
 use crate::graph::{Node, Op, ReduceKind, SoftmaxKind, Tensor, ValueId};
@@ -43,7 +43,7 @@ enum RowOp {
     LogSoftmax,
     LayerNorm { eps: f64 },
     RmsNorm { eps: f64 },
-    ArgMax { negate: bool },
+    ArgMax { negate: bool, last: bool },
 }
 
 struct RowStep {
@@ -75,7 +75,7 @@ impl RowStep {
                 v.push((vec![rows, self.cols], self.dtype));
                 v.push((vec![rows], self.dtype));
             }
-            RowOp::ArgMax { negate: true } => v.push((vec![rows, self.cols], self.dtype)),
+            RowOp::ArgMax { negate, last } if negate || last => v.push((vec![rows, self.cols], self.dtype)),
             _ => {}
         }
         v
@@ -130,19 +130,32 @@ impl RowStep {
                 let pass = Io { inputs: vec![t.clone(), s.reshaped(&[rows, 1])?], outputs: vec![y2], temps: vec![] };
                 Elementwise::new(fin).emit(cx, &pass)
             }
-            RowOp::ArgMax { negate } => {
-                let src = if *negate {
+            RowOp::ArgMax { negate, last } => {
+                let mut src = x2;
+                if *last {
+                    // The last maximum is the first of the reversed row.
+                    let rev = fit(&extra[0], &[rows, cols])?;
+                    let from = Side { offset: cols as i64 - 1, strides: vec![cols as i64, -1] };
+                    copy_strided(cx, &rev, &Side::dense(&[rows, cols]), &src, &from, &[rows, cols])?;
+                    src = rev;
+                }
+                if *negate {
                     let neg = fit(&extra[0], &[rows, cols])?;
                     let mut p = EwProgram::new(Arg::In(0));
                     p.result = p.ts(Arg::In(0), (AluOp::Mul, -1.0), None);
                     Elementwise::new(p)
-                        .emit(cx, &Io { inputs: vec![x2.clone()], outputs: vec![neg.clone()], temps: vec![] })?;
-                    neg
-                } else {
-                    x2
-                };
-                let args = base.with("index", "i32");
-                cx.library("argmax", args, &[("x", &src), ("idx", &y.reshaped(&[rows])?)])
+                        .emit(cx, &Io { inputs: vec![src], outputs: vec![neg.clone()], temps: vec![] })?;
+                    src = neg;
+                }
+                let idx = y.reshaped(&[rows])?;
+                cx.library("argmax", base.with("index", "i32"), &[("x", &src), ("idx", &idx)])?;
+                if *last {
+                    let mut p = EwProgram::new(Arg::In(0));
+                    p.result = p.ts(Arg::In(0), (AluOp::Mul, -1.0), Some((AluOp::Add, cols as f32 - 1.0)));
+                    Elementwise::new(p)
+                        .emit(cx, &Io { inputs: vec![idx.clone()], outputs: vec![idx], temps: vec![] })?;
+                }
+                Ok(())
             }
         }
     }
@@ -155,8 +168,9 @@ impl Emitter for RowStep {
             RowOp::LogSoftmax => "reduce+elementwise",
             RowOp::LayerNorm { .. } => "layernorm",
             RowOp::RmsNorm { .. } => "rmsnorm",
-            RowOp::ArgMax { negate: false } => "argmax",
-            RowOp::ArgMax { negate: true } => "elementwise+argmax",
+            RowOp::ArgMax { negate: false, last: false } => "argmax",
+            RowOp::ArgMax { last: false, .. } => "elementwise+argmax",
+            RowOp::ArgMax { .. } => "dma_copy+elementwise+argmax",
         };
         if self.perm.is_some() {
             format!("transpose+{k}")
@@ -188,6 +202,126 @@ impl Emitter for RowStep {
                 transpose(cx, &yt, y, inv)
             }
         }
+    }
+}
+
+/// `x / ‖x‖p` along an axis (0 where the norm is 0): `|x|` or `x²`, a sum along the
+/// axis (`reduce`), then one elementwise pass.
+struct LpNormStep {
+    axis: usize,
+    p: i64,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl Emitter for LpNormStep {
+    fn kernels(&self) -> String {
+        "elementwise+reduce+elementwise".into()
+    }
+    fn temps(&self) -> Vec<(Vec<usize>, DType)> {
+        let mut kept = self.shape.clone();
+        kept.remove(self.axis);
+        vec![(self.shape.clone(), self.dtype), (kept, self.dtype)]
+    }
+    fn batch_separable(&self, batched: &[bool], _: &[Vec<usize>], _: &[usize]) -> bool {
+        self.axis > 0 && batched.first() == Some(&true)
+    }
+    fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError> {
+        let (x, y) = (io.input(0)?, io.output(0)?);
+        let s = x.shape();
+        let (outer, len, inner) =
+            (s[..self.axis].iter().product::<usize>(), s[self.axis], s[self.axis + 1..].iter().product::<usize>());
+        let x3 = x.reshaped(&[outer, len, inner])?;
+        let (t, sum) = (fit(io.temp(0)?, &[outer, len, inner])?, fit(io.temp(1)?, &[outer, inner])?);
+        let mut pre = EwProgram::new(Arg::In(0));
+        pre.result = pre.act(if self.p == 1 { ActFn::Abs } else { ActFn::Square }, Arg::In(0), 1.0, 0.0);
+        Elementwise::new(pre).emit(cx, &Io { inputs: vec![x3.clone()], outputs: vec![t.clone()], temps: vec![] })?;
+        let args = KernelArgs::new(&[outer, len, inner], x.dtype()).with("op", "sum").with("axis", "1");
+        cx.library("reduce", args, &[("x", &t), ("y", &sum)])?;
+        let mut fin = EwProgram::new(Arg::In(0));
+        let norm = if self.p == 2 { fin.act(ActFn::Sqrt, Arg::In(1), 1.0, 0.0) } else { Arg::In(1) };
+        let inv = fin.act(ActFn::Reciprocal, norm, 1.0, 0.0);
+        let zero = fin.ts(norm, (AluOp::Eq, 0.0), None);
+        let f = fin.select(zero, Arg::Imm(0.0), inv);
+        fin.result = fin.alu(AluOp::Mul, Arg::In(0), f);
+        let pass = Io {
+            inputs: vec![x3, sum.reshaped(&[outer, 1, inner])?],
+            outputs: vec![y.reshaped(&[outer, len, inner])?],
+            temps: vec![],
+        };
+        Elementwise::new(fin).emit(cx, &pass)
+    }
+}
+
+/// LayerNormalization with its mean and inverse standard deviation outputs, composed:
+/// `μ = mean(x)`, `d = x − μ`, `σ⁻¹ = rsqrt(mean(d²) + ε)`, `y = d·σ⁻¹·γ + β`.
+struct LayerNormStats {
+    eps: f64,
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+    mean_out: Option<usize>,
+    inv_out: Option<usize>,
+    batch_ok: bool,
+}
+
+impl Emitter for LayerNormStats {
+    fn kernels(&self) -> String {
+        "reduce+elementwise".into()
+    }
+    fn temps(&self) -> Vec<(Vec<usize>, DType)> {
+        let (r, c) = (self.rows, self.cols);
+        vec![
+            (vec![r, c], self.dtype),
+            (vec![r, c], self.dtype),
+            (vec![r], self.dtype),
+            (vec![r], self.dtype),
+            (vec![r], self.dtype),
+        ]
+    }
+    fn batch_separable(&self, batched: &[bool], _: &[Vec<usize>], _: &[usize]) -> bool {
+        self.batch_ok && batched.first() == Some(&true) && !batched[1..].iter().any(|&b| b)
+    }
+    fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError> {
+        let (x, y) = (io.input(0)?, io.output(0)?);
+        let cols = self.cols;
+        let rows = x.shape().iter().product::<usize>() / cols.max(1);
+        let x2 = x.reshaped(&[rows, cols])?;
+        let (d, sq) = (fit(io.temp(0)?, &[rows, cols])?, fit(io.temp(1)?, &[rows, cols])?);
+        let (mean, var, inv) = (fit(io.temp(2)?, &[rows])?, fit(io.temp(3)?, &[rows])?, fit(io.temp(4)?, &[rows])?);
+        let base = KernelArgs::new(&[rows, cols], x.dtype()).with("op", "mean").with("axis", "1");
+        let ew = |cx: &mut Cx, prog: EwProgram, inputs: Vec<HbmTensor>, out: HbmTensor| {
+            Elementwise::new(prog).emit(cx, &Io { inputs, outputs: vec![out], temps: vec![] })
+        };
+        cx.library("reduce", base.clone(), &[("x", &x2), ("y", &mean)])?;
+        let mut sub = EwProgram::new(Arg::In(0));
+        sub.result = sub.alu(AluOp::Sub, Arg::In(0), Arg::In(1));
+        ew(cx, sub, vec![x2, mean.reshaped(&[rows, 1])?], d.clone())?;
+        let mut square = EwProgram::new(Arg::In(0));
+        square.result = square.act(ActFn::Square, Arg::In(0), 1.0, 0.0);
+        ew(cx, square, vec![d.clone()], sq.clone())?;
+        cx.library("reduce", base, &[("x", &sq), ("y", &var)])?;
+        let mut rs = EwProgram::new(Arg::In(0));
+        rs.result = rs.act(ActFn::Rsqrt, Arg::In(0), 1.0, self.eps as f32);
+        ew(cx, rs, vec![var], inv.clone())?;
+        let mut norm = EwProgram::new(Arg::In(0));
+        let t = norm.alu(AluOp::Mul, Arg::In(0), Arg::In(1));
+        let t = norm.alu(AluOp::Mul, t, Arg::In(2));
+        norm.result = norm.alu(AluOp::Add, t, Arg::In(3));
+        let params = [io.input(1)?.reshaped(&[cols])?, io.input(2)?.reshaped(&[cols])?];
+        ew(
+            cx,
+            norm,
+            vec![d, inv.reshaped(&[rows, 1])?, params[0].clone(), params[1].clone()],
+            y.reshaped(&[rows, cols])?,
+        )?;
+        for (out, src) in [(self.mean_out, &mean), (self.inv_out, &inv)] {
+            if let Some(i) = out {
+                let o = io.output(i)?;
+                ew(cx, EwProgram::new(Arg::In(0)), vec![src.clone()], o.reshaped(&[rows])?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -349,8 +483,9 @@ pub fn plan(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
     let dtype = p.dev(x);
     let uses = p.g.use_counts();
     let used = |v: &ValueId| uses[v.0 as usize] > 0 || p.g.outputs.contains(v);
-    if node.outputs.iter().skip(1).any(used) {
-        return Err(unsupported(node, "the mean / inverse standard deviation outputs"));
+    let stats: Vec<ValueId> = node.outputs.iter().skip(1).copied().filter(used).collect();
+    if !stats.is_empty() && !matches!(node.op, Op::LayerNorm { .. }) {
+        return Err(unsupported(node, "a second output"));
     }
     let row = |op: RowOp, axis: usize, cols: usize, coerce: bool| -> RowStep {
         let perm = (!coerce && axis + 1 < xs.len()).then(|| to_last(xs.len(), axis));
@@ -387,15 +522,42 @@ pub fn plan(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
                     return Err(unsupported(node, "scale and bias must have the input's element type"));
                 }
             }
+            if let (RowOp::LayerNorm { eps }, false) = (&op, stats.is_empty()) {
+                let (mean, inv) = (
+                    node.outputs.get(1).filter(|v| stats.contains(v)),
+                    node.outputs.get(2).filter(|v| stats.contains(v)),
+                );
+                let mut outs = outputs;
+                let mean_out = mean.map(|&v| {
+                    outs.push(v);
+                    outs.len() - 1
+                });
+                let inv_out = inv.map(|&v| {
+                    outs.push(v);
+                    outs.len() - 1
+                });
+                let st = LayerNormStats {
+                    eps: *eps,
+                    rows: xs.iter().product::<usize>() / cols.max(1),
+                    cols,
+                    dtype,
+                    mean_out,
+                    inv_out,
+                    batch_ok: *axis > 0,
+                };
+                return Ok(step(node, &node.op_type.clone(), inputs, outs, st));
+            }
             // The normalized axes are the trailing ones: no transpose.
             let st = RowStep { op, shape: xs.clone(), perm: None, cols, dtype, batch_ok: *axis > 0 };
             Ok(step(node, &node.op_type.clone(), inputs, outputs, st))
         }
         Op::ArgReduce { max, axis, last_index, .. } => {
-            if *last_index {
-                return Err(unsupported(node, "select_last_index"));
-            }
-            let st = row(RowOp::ArgMax { negate: !max }, *axis, xs.get(*axis).copied().unwrap_or(1), false);
+            let st = row(
+                RowOp::ArgMax { negate: !max, last: *last_index },
+                *axis,
+                xs.get(*axis).copied().unwrap_or(1),
+                false,
+            );
             Ok(step(node, &node.op_type.clone(), vec![x], outputs, st))
         }
         Op::Reduce { kind, axes, .. } => {
@@ -442,7 +604,18 @@ pub fn plan(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
             };
             Ok(step(node, &node.op_type.clone(), vec![x], outputs, ReduceStep { op, pre, post, groups, dtype }))
         }
-        Op::LpNorm { .. } => Err(unsupported(node, "LpNormalization is not lowered yet")),
+        Op::LpNorm { axis, p: order } => {
+            if !matches!(order, 1 | 2) {
+                return Err(unsupported(node, format!("p = {order}")));
+            }
+            Ok(step(
+                node,
+                &node.op_type.clone(),
+                vec![x],
+                outputs,
+                LpNormStep { axis: *axis, p: *order, shape: xs, dtype },
+            ))
+        }
         _ => Err(unsupported(node, "not a row op")),
     }
 }

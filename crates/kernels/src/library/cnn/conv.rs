@@ -62,6 +62,8 @@ const WEIGHT_BUDGET: usize = 96 * 1024;
 const BAND_BUDGET: usize = 64 * 1024;
 /// Columns of one PSUM bank of f32: the most output positions per matmul.
 const BANK: usize = 512;
+/// Input channels up to which kernel taps are folded into the contraction.
+const FOLD_MAX_CHANNELS: usize = 32;
 
 /// The shape and options of one convolution.
 #[derive(Clone, Debug, PartialEq)]
@@ -270,6 +272,10 @@ struct Plan {
     set_cols: usize,
     /// Most distinct input chunks one set reads.
     set_chunks: usize,
+    /// Kernel taps folded into the contraction (1: none): with few input channels,
+    /// `fold` shifted copies of the input stack on the partitions, so one matmul
+    /// covers `fold` taps.
+    fold: usize,
 }
 
 impl Plan {
@@ -313,11 +319,19 @@ impl Plan {
             })
             .max()
             .unwrap_or(1);
+        // Thin dense inputs (≤ 32 channels) fold taps into the contraction: the PE rows
+        // would otherwise sit mostly idle, and the extra input loads stay small.
+        let fold = if g.groups == 1 && g.c <= FOLD_MAX_CHANNELS && taps > 1 { (p / g.c).min(taps) } else { 1 };
         let q0 = ow.min(BANK);
         let (mut r, mut q) = ((BANK / q0).clamp(1, oh), q0);
         let fits = |r: usize, q: usize| {
             let band = g.window.band(&(0..r), &(0..q));
-            2 * set_chunks * band.elements() * dtype.size() <= BAND_BUDGET
+            let need = if fold > 1 {
+                2 * taps.div_ceil(fold) * r * ((q - 1) * g.window.stride[1] + 1)
+            } else {
+                2 * set_chunks * band.elements()
+            };
+            need * dtype.size() <= BAND_BUDGET
         };
         while !fits(r, q) {
             if r > 1 {
@@ -328,7 +342,7 @@ impl Plan {
                 return Err(kernel_err(NAME, format!("{set_chunks} input-channel chunks do not fit SBUF")));
             }
         }
-        Ok(Plan { g, pack, oh, ow, r, q, sets, set_cols, set_chunks })
+        Ok(Plan { g, pack, oh, ow, r, q, sets, set_cols, set_chunks, fold })
     }
 
     /// Blocks of work: (image, output rows, output columns).
@@ -380,7 +394,10 @@ fn emit(kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost
     let win = g.window;
     let p = chip.core.sbuf.partitions as usize;
     let wflat = w.view().reshape(&[plan.pack.len]);
-    let band_max = win.band(&(0..plan.r), &(0..plan.q)).elements();
+    let fold_cols = plan.r * ((plan.q - 1) * win.stride[1] + 1);
+    let band_max = if plan.fold > 1 { fold_cols } else { win.band(&(0..plan.r), &(0..plan.q)).elements() };
+    let groups = taps.div_ceil(plan.fold);
+    let band_bufs = if plan.fold > 1 { 2 * groups } else { 2 * plan.set_chunks };
     let items = plan.items();
     let home = kb.current_core();
     let mut allocs = Allocs::default();
@@ -388,11 +405,27 @@ fn emit(kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost
         kb.core(core as u16)?;
         let mut t = Tiles {
             weights: kb.sbuf_pool(&[p, plan.set_cols], dtype, if plan.sets.len() > 1 { 2 } else { 1 })?,
-            bands: kb.sbuf_pool(&[p, band_max], dtype, 2 * plan.set_chunks)?,
+            bands: kb.sbuf_pool(&[p, band_max], dtype, band_bufs)?,
             psum: kb.psum_pool(&[p, BANK], DType::F32, 2)?,
             out: kb.sbuf_pool(&[p, BANK], dtype, 3)?,
             res: if res.is_some() { Some(kb.sbuf_pool(&[p, BANK], dtype, 2)?) } else { None },
             bias: None,
+        };
+        // A folded convolution with padding reads a zero-padded copy of each image (a
+        // workspace of this core), so every tap's window is one plain strided load.
+        let pad_ws = if plan.fold > 1 && win.pads.iter().any(|&x| x > 0) {
+            let [pt, pl, pb, pr] = win.pads;
+            let (hp, wp) = (g.h + pt + pb, g.w + pl + pr);
+            let bytes = (g.c * hp * wp * dtype.size()) as u64;
+            let key = format!("conv2d.padded.core{}", kb.absolute_core());
+            let ws =
+                kb.hbm_workspace(kb.current_chip(), &key, bytes)?.region("conv2d.padded", 0, &[g.c, hp, wp], dtype)?;
+            let z = (pt.max(pb) * wp).max(g.h * pl.max(pr)).max(1);
+            let zeros = allocs.sbuf(kb, &[g.c, z], dtype)?;
+            kb.memset(Engine::GpSimd, &zeros, 0.0)?;
+            Some((ws, zeros))
+        } else {
+            None
         };
         if let Some(b) = bias {
             let tile = allocs.sbuf(kb, &[p, plan.pack.blocks.len()], DType::F32)?;
@@ -411,9 +444,20 @@ fn emit(kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost
                 let blk = &plan.pack.blocks[bi];
                 for (pi, part) in blk.parts.iter().enumerate() {
                     let k = plan.pack.chunks[part.chunk].len();
-                    let n = taps * blk.m.len();
-                    let src = wflat.slice(0, part.offset..part.offset + k * n).reshape(&[k, n]);
-                    kb.dma(wt.part(0..k).cols(col..col + n), src)?;
+                    let mo = blk.m.len();
+                    let n = taps * mo;
+                    let slice = wflat.slice(0, part.offset..part.offset + k * n);
+                    if plan.fold > 1 {
+                        // Partition f·k + c holds tap g·fold + f of channel c, group g at columns g·mo.
+                        let per_tap = slice.reshape(&[k, taps, mo]);
+                        for f in 0..plan.fold {
+                            let gf = (taps - f).div_ceil(plan.fold);
+                            let dst = wt.part(f * k..(f + 1) * k).cols(col..col + gf * mo).reshape_free(&[gf, mo]);
+                            kb.dma(dst, per_tap.slice_step(1, f..taps, plan.fold))?;
+                        }
+                    } else {
+                        kb.dma(wt.part(0..k).cols(col..col + n), slice.reshape(&[k, n]))?;
+                    }
                     wcols.insert((bi, pi), col);
                     col += n;
                 }
@@ -422,7 +466,38 @@ fn emit(kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost
                 plan.pack.blocks[set.clone()].iter().flat_map(|b| b.parts.iter().map(|p| p.chunk)).collect();
             used.sort_unstable();
             used.dedup();
+            let mut padded_image = None;
             for (n, rows, cols) in &items[range.clone()] {
+                if plan.fold > 1 {
+                    let src = match &pad_ws {
+                        Some((ws, zeros)) => {
+                            if padded_image != Some(*n) {
+                                pad_image(kb, g, x, ws, zeros, *n)?;
+                                padded_image = Some(*n);
+                            }
+                            Padded {
+                                src: ws.clone(),
+                                base: 0,
+                                hp: g.h + win.pads[0] + win.pads[2],
+                                wp: g.w + win.pads[1] + win.pads[3],
+                            }
+                        }
+                        None => Padded { src: x.clone(), base: n * g.c * g.h * g.w, hp: g.h, wp: g.w },
+                    };
+                    let groups = load_folded(kb, &mut t.bands, &plan, &src, rows, cols)?;
+                    for bi in set.clone() {
+                        let blk = &plan.pack.blocks[bi];
+                        let mo = blk.m.len();
+                        let ps = t.psum.next().part(0..mo).cols(0..rows.len() * cols.len());
+                        let c0 = wcols.get(&(bi, 0)).copied().unwrap_or(0);
+                        for (gi, moving) in groups.iter().enumerate() {
+                            let stationary = wt.part(0..moving.shape()[0]).cols(c0 + gi * mo..c0 + (gi + 1) * mo);
+                            kb.matmul(&ps, &stationary, moving, gi == 0, gi + 1 == groups.len())?;
+                        }
+                        epilogue_store(kb, &mut t, &ep, (y, res), (*n, rows, cols), blk, bi, &ps)?;
+                    }
+                    continue;
+                }
                 let band = win.band(rows, cols);
                 let (bh, bw) = (band.rows.1, band.cols.1);
                 // Load the band of every chunk the set reads.
@@ -458,28 +533,7 @@ fn emit(kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost
                             }
                         }
                     }
-                    let dst = y.view().at(0, *n).slice(0, blk.m.clone()).slice(1, rows.clone()).slice(2, cols.clone());
-                    if let (Some(r), Some(pool)) = (res, t.res.as_mut()) {
-                        let rt = pool.next().part(0..mo).cols(0..npos);
-                        let src =
-                            r.view().at(0, *n).slice(0, blk.m.clone()).slice(1, rows.clone()).slice(2, cols.clone());
-                        kb.dma(&rt, src)?;
-                        kb.tensor_tensor(Engine::Vector, AluOp::Add, &ps, &ps, &rt)?;
-                    }
-                    let out = t.out.next().part(0..mo).cols(0..npos);
-                    let bias_col = t.bias.as_ref().map(|b| b.part(0..mo).cols(bi..bi + 1));
-                    kb.activation(ep.act, &out, &ps, 1.0, bias_col.as_ref().map(|v| v as _), None)?;
-                    if let Some((lo, hi)) = ep.clip {
-                        let (lo, hi) = (lo as f32, hi as f32);
-                        kb.tensor_scalar(
-                            Engine::Vector,
-                            &out,
-                            &out,
-                            Stage::new(AluOp::Max, lo),
-                            Some(Stage::new(AluOp::Min, hi)),
-                        )?;
-                    }
-                    kb.dma(dst, &out)?;
+                    epilogue_store(kb, &mut t, &ep, (y, res), (*n, rows, cols), blk, bi, &ps)?;
                 }
             }
         }
@@ -499,6 +553,132 @@ fn emit(kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost
         elements += g.n * g.m * oh * ow;
     }
     Ok(Cost { flops, bytes_hbm: (elements * dtype.size()) as u64, peak_dtype: Some(dtype) })
+}
+
+/// Evacuates PSUM tile `ps` of block `blk` (index `bi`) for image `n`, rows, columns:
+/// the residual added (Vector), bias and activation (Scalar), the clamp (Vector), the
+/// store.
+#[allow(clippy::too_many_arguments)]
+fn epilogue_store(
+    kb: &mut KernelBuilder,
+    t: &mut Tiles,
+    ep: &Epilogue,
+    (y, res): (&crate::builder::HbmTensor, Option<&crate::builder::HbmTensor>),
+    (n, rows, cols): (usize, &Range<usize>, &Range<usize>),
+    blk: &OutBlock,
+    bi: usize,
+    ps: &View,
+) -> Result<(), BuildError> {
+    let mo = blk.m.len();
+    let npos = rows.len() * cols.len();
+    let at = |v: View| v.at(0, n).slice(0, blk.m.clone()).slice(1, rows.clone()).slice(2, cols.clone());
+    if let (Some(r), Some(pool)) = (res, t.res.as_mut()) {
+        let rt = pool.next().part(0..mo).cols(0..npos);
+        kb.dma(&rt, at(r.view()))?;
+        kb.tensor_tensor(Engine::Vector, AluOp::Add, ps, ps, &rt)?;
+    }
+    let out = t.out.next().part(0..mo).cols(0..npos);
+    let bias_col = t.bias.as_ref().map(|b| b.part(0..mo).cols(bi..bi + 1));
+    kb.activation(ep.act, &out, ps, 1.0, bias_col.as_ref().map(|v| v as _), None)?;
+    if let Some((lo, hi)) = ep.clip {
+        let (lo, hi) = (lo as f32, hi as f32);
+        kb.tensor_scalar(Engine::Vector, &out, &out, Stage::new(AluOp::Max, lo), Some(Stage::new(AluOp::Min, hi)))?;
+    }
+    kb.dma(at(y.view()), &out)?;
+    Ok(())
+}
+
+/// The zero-padded image a folded convolution reads: `[C, H + pads, W + pads]`.
+struct Padded {
+    /// The tensor read (the input itself when there is no padding).
+    src: crate::builder::HbmTensor,
+    /// Element offset of the current image.
+    base: usize,
+    /// Rows and columns of the padded plane.
+    hp: usize,
+    wp: usize,
+}
+
+/// Copies image `n` of `x` into the middle of the zeroed padded workspace `ws`
+/// (`[C, Hp, Wp]`): the four borders from a zero tile, then the interior.
+fn pad_image(
+    kb: &mut KernelBuilder,
+    g: &ConvGeometry,
+    x: &crate::builder::HbmTensor,
+    ws: &crate::builder::HbmTensor,
+    zeros: &View,
+    n: usize,
+) -> Result<(), BuildError> {
+    let [pt, pl, pb, pr] = g.window.pads;
+    let (hp, wp) = (g.h + pt + pb, g.w + pl + pr);
+    let v = ws.view().reshape(&[g.c, hp, wp]);
+    let zero = |shape: [usize; 2]| zeros.cols(0..shape[0] * shape[1]).reshape_free(&[shape[0], shape[1]]);
+    if pt > 0 {
+        kb.dma(v.slice(1, 0..pt), zero([pt, wp]))?;
+    }
+    if pb > 0 {
+        kb.dma(v.slice(1, hp - pb..hp), zero([pb, wp]))?;
+    }
+    if pl > 0 {
+        kb.dma(v.slice(1, pt..pt + g.h).slice(2, 0..pl), zero([g.h, pl]))?;
+    }
+    if pr > 0 {
+        kb.dma(v.slice(1, pt..pt + g.h).slice(2, wp - pr..wp), zero([g.h, pr]))?;
+    }
+    kb.dma(v.slice(1, pt..pt + g.h).slice(2, pl..pl + g.w), x.view().at(0, n))?;
+    Ok(())
+}
+
+/// The moving operands of a folded convolution for one block of outputs: per group of
+/// `fold` taps a `[taps·C, R, Q]` view whose partition block `f` holds the window of
+/// tap `g·fold + f` (padded rows `r·sh + i·dh`, columns `q·sw + j·dw`). The taps of one
+/// kernel row in a group load with one DMA: its outer axis steps through the taps'
+/// column offsets, then channels, rows and a contiguous run of columns.
+fn load_folded(
+    kb: &mut KernelBuilder,
+    pool: &mut crate::builder::TilePool,
+    plan: &Plan,
+    src: &Padded,
+    rows: &Range<usize>,
+    cols: &Range<usize>,
+) -> Result<Vec<View>, BuildError> {
+    let g = &plan.g;
+    let w = g.window;
+    let (c, taps, kw) = (g.c, g.taps(), w.kernel[1]);
+    let (nr, nq) = (rows.len(), cols.len());
+    let bw = (nq - 1) * w.stride[1] + 1;
+    let dtype = src.src.dtype();
+    let es = dtype.size() as u64;
+    let dim = |stride: usize, size: usize| trainyard_isa::Dim { stride: stride as i64, size: size as u32 };
+    let mut out = Vec::new();
+    for g0 in (0..taps).step_by(plan.fold) {
+        let nf = plan.fold.min(taps - g0);
+        let tile = pool.next().part(0..nf * c).cols(0..nr * bw).reshape_free(&[nr, bw]);
+        let mut t = g0;
+        while t < g0 + nf {
+            // The taps of kernel row i from t to the group's end or the row's end.
+            let (i, j) = (t / kw, t % kw);
+            let nj = (kw - j).min(g0 + nf - t);
+            let row0 = rows.start * w.stride[0] + i * w.dilation[0];
+            let col0 = cols.start * w.stride[1] + j * w.dilation[1];
+            let offset = src.src.offset() + (src.base + row0 * src.wp + col0) as u64 * es;
+            let dims = [dim(src.hp * src.wp, c), dim(w.stride[0] * src.wp, nr), dim(1, bw)];
+            let from = trainyard_isa::Ap::new(
+                trainyard_isa::Space::Hbm,
+                0,
+                nj as u32,
+                w.dilation[1] as i64,
+                offset,
+                &dims,
+                dtype,
+            );
+            let p0 = (t - g0) * c;
+            kb.dma(tile.part(p0..p0 + nj * c), from)?;
+            t += nj;
+        }
+        out.push(tile.part(0..nf * c).slice_step(2, 0..bw, w.stride[1]));
+    }
+    Ok(out)
 }
 
 /// Loads `band` of the `[k, H, W]` planes `src` into the `[k, bh, bw]` tile

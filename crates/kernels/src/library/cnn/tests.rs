@@ -44,6 +44,25 @@ fn conv_channel_chunks_groups_and_epilogue() {
 }
 
 #[test]
+fn thin_inputs_fold_taps_into_the_contraction() {
+    let chip = ChipSpec::by_name("trn2").unwrap();
+    let matmuls = |a: &KernelArgs| {
+        let run = check(&Conv2d, &chip, a);
+        run.built.program.insts.iter().filter(|i| matches!(i.op, trainyard_isa::Op::MatMul { .. })).count()
+    };
+    // A ResNet-style stem: 3 channels, 7x7 taps at stride 2 — 42 taps per matmul (126 rows).
+    let stem = conv([1, 3, 20, 20, 8, 7, 7], DType::F32).with("stride", "2,2").with("pad", "3,3,3,3");
+    assert_eq!(matmuls(&stem), 2, "two tap groups (42 + 7 taps) for the one block");
+    // 20 channels, 3x3: 6 taps per group, then 3.
+    for dtype in [DType::F32, DType::Bf16] {
+        let a = conv([2, 20, 9, 7, 5, 3, 3], dtype).with("pad", "1,0,2,1").with("dilation", "1,2").with("bias", "true");
+        assert_eq!(matmuls(&a), 2 * 2, "two groups for each image");
+    }
+    // 33 channels are not folded.
+    assert_eq!(matmuls(&conv([1, 33, 5, 5, 4, 3, 3], DType::F32)), 9);
+}
+
+#[test]
 fn conv_splits_images_over_cores() {
     let chip = ChipSpec::by_name("trn2").unwrap();
     for cores in [2, 3] {
