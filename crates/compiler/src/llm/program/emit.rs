@@ -892,7 +892,9 @@ impl Emitter<'_> {
         let label = format!("all_reduce.{block}");
         let parts: Vec<HbmTensor> = self.ranks.iter().map(|r| r.y.clone()).collect();
         let at = Some(l);
-        if self.spec.tp > 1 {
+        // A token-split MoE block leaves its rows all-gathered, not partial.
+        let gathered = block == "mlp" && self.moe_split();
+        if self.spec.tp > 1 && !gathered {
             self.op(&label, OpCategory::Collective, at, |e| e.all_reduce(&parts))?;
         }
         self.each_rank(&format!("residual.{block}"), OpCategory::Elementwise, at, |e, r| {
