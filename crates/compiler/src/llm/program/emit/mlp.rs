@@ -27,10 +27,14 @@ impl Emitter<'_> {
                 e.run(r, |k| &*k.mlp, &a, &[("x", &xn), ("w_gate", &wg), ("w_up", &wu), ("w_down", &wd), ("y", &y)])
             });
         }
-        let bias = |e: &mut Self, r: usize, role: WeightRole| -> Result<HbmTensor, ProgramError> {
+        let has_bias = self.cfg.mlp_bias;
+        let bias = |e: &mut Self, r: usize, role: WeightRole| -> Result<Option<HbmTensor>, ProgramError> {
+            if !has_bias {
+                return Ok(None);
+            }
             let inter = e.ranks[r].shard.inter.clone();
             let hf = weight_name(role, l, None);
-            e.weight(r, true, &hf, &[inter.len()], WeightSlice::Range(inter))
+            e.weight(r, true, &hf, &[inter.len()], WeightSlice::Range(inter)).map(Some)
         };
         for (label, role, brole) in
             [("gate_proj", WeightRole::Gate, WeightRole::GateBias), ("up_proj", WeightRole::Up, WeightRole::UpBias)]
@@ -41,7 +45,7 @@ impl Emitter<'_> {
                 let out = if role == WeightRole::Gate { e.ranks[r].gate.clone() } else { e.ranks[r].up.clone() };
                 let out = out.ok_or_else(|| e.err(missing("gate/up activations")))?;
                 let xn = e.ranks[r].xn.clone();
-                e.matmul(r, &xn, &wt, Some(&b), &out, [t, h, i], dt)
+                e.matmul(r, &xn, &wt, b.as_ref(), &out, [t, h, i], dt)
             })?;
         }
         self.each_rank("swiglu", OpCategory::Elementwise, at, |e, r| {
@@ -54,7 +58,7 @@ impl Emitter<'_> {
         })?;
         self.each_rank("down_proj", OpCategory::Matmul, at, |e, r| {
             let wd = w(e, r, WeightRole::Down)?;
-            let b = if r == 0 {
+            let b = if r == 0 && has_bias {
                 Some(e.weight(r, true, &weight_name(WeightRole::DownBias, l, None), &[h], WeightSlice::Whole)?)
             } else {
                 None
