@@ -15,6 +15,7 @@ mod kernels;
 mod llm;
 mod model;
 mod onnx;
+mod onnx_device;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -121,6 +122,8 @@ enum Command {
     Compare(CompareArgs),
     /// Run an ONNX model on the reference interpreter.
     Interpret(onnx::InterpretArgs),
+    /// Compile an ONNX model for a simulated chip into a program (`-o MODEL.tyb`).
+    Compile(onnx_device::CompileArgs),
     /// Run an ONNX backend test directory and print passed / failed / unsupported per op.
     OnnxConformance(onnx::ConformanceArgs),
     /// Benchmarks that print figures measured in this run.
@@ -287,7 +290,7 @@ enum BenchWhat {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Program file (`.tys` text or `.tyb` binary).
+    /// Program file (`.tys` text or `.tyb` binary), or an ONNX model (`.onnx`, compiled first).
     program: PathBuf,
     /// Chip name or chip TOML file.
     #[arg(long, default_value = DEFAULT_CHIP)]
@@ -322,6 +325,21 @@ struct RunArgs {
     /// Seed for stochastic rounding and random inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Models: NeuronCores to compile for.
+    #[arg(long, default_value_t = 1)]
+    cores: u16,
+    /// Models: float element type on the device (f32 or bf16).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Models: shape of an input with symbolic dimensions, NAME=D1,D2,... (repeatable).
+    #[arg(long = "input-shape", value_name = "NAME=D1,D2")]
+    input_shapes: Vec<String>,
+    /// Models: compare the outputs with the reference interpreter (`max_abs_err`).
+    #[arg(long)]
+    check: bool,
+    /// Models: replace the weights by seeded random values (for placeholder-weight models).
+    #[arg(long, value_name = "SEED")]
+    random_weights: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -363,6 +381,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Kernels { json } => kernels::list(json),
         Command::Llm(args) => llm::llm(args),
         Command::Interpret(args) => onnx::interpret(args),
+        Command::Compile(args) => onnx_device::compile(args),
         Command::OnnxConformance(args) => onnx::conformance(args),
         Command::Model { model, config, dtype, batch, input_len, output_len, json } => {
             model::model(model.as_deref(), config.as_deref(), &dtype, batch, input_len, output_len, json)
@@ -488,6 +507,14 @@ fn check(path: &Path, chip: &str, chips: u32) -> Result<()> {
 }
 
 fn run(args: RunArgs) -> Result<()> {
+    let is_model = args.program.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+        || onnx_device::weights_path(&args.program).is_file();
+    if is_model {
+        return onnx_device::run(args);
+    }
+    if args.check {
+        bail!("--check compares a model's outputs with the interpreter: give an .onnx model or a compiled one");
+    }
     let chip = load_chip(&args.chip)?.with_chips(args.chips)?;
     let program = load_program(&args.program)?;
     let mode = if args.timed_only { Mode::TimedOnly } else { Mode::Functional };

@@ -32,9 +32,12 @@ pub(crate) struct InterpretArgs {
     /// Seed of --random-inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run the graph passes (folding, dead code, fusion) before interpreting.
+    /// Run the graph passes (folding, dead code, fusion, layouts) before interpreting.
     #[arg(long)]
     optimize: bool,
+    /// Print the graph IR (after --optimize's passes) before running it.
+    #[arg(long)]
+    print_graph: bool,
     /// Write every output as DIR/NAME.npy.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -55,10 +58,19 @@ pub(crate) struct ConformanceArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also run every case on the simulated chip (compiled by the lowering).
+    #[arg(long)]
+    device: bool,
+    /// Chip of --device.
+    #[arg(long, default_value = trainyard_arch::DEFAULT_CHIP)]
+    chip: String,
+    /// Cores of --device.
+    #[arg(long, default_value_t = 1)]
+    cores: u16,
 }
 
 /// A host tensor read from `.npy`, converted to the element type the model declares.
-fn to_graph_tensor(h: &HostTensor, want: DataType, what: &str) -> Result<Tensor> {
+pub(crate) fn to_graph_tensor(h: &HostTensor, want: DataType, what: &str) -> Result<Tensor> {
     let shape: Vec<usize> = h.shape.iter().map(|&d| d as usize).collect();
     let size = h.dtype.size();
     if h.dtype.is_float() {
@@ -84,7 +96,7 @@ fn to_graph_tensor(h: &HostTensor, want: DataType, what: &str) -> Result<Tensor>
 }
 
 /// A graph tensor as a host tensor `.npy` can hold; returns a note when it was narrowed.
-fn to_host(t: &Tensor, name: &str) -> Result<(HostTensor, Option<String>)> {
+pub(crate) fn to_host(t: &Tensor, name: &str) -> Result<(HostTensor, Option<String>)> {
     let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
     if let Some(d) = t.dtype().device_dtype() {
         return Ok((HostTensor { dtype: d, shape, data: t.to_le_bytes() }, None));
@@ -111,11 +123,11 @@ fn to_host(t: &Tensor, name: &str) -> Result<(HostTensor, Option<String>)> {
     Ok((host, Some(format!("output `{name}`: {note}"))))
 }
 
-fn split_binding<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str)> {
+pub(crate) fn split_binding<'a>(s: &'a str, flag: &str) -> Result<(&'a str, &'a str)> {
     s.split_once('=').ok_or_else(|| anyhow!("{flag} `{s}`: expected NAME=VALUE"))
 }
 
-fn seeded_input(dtype: DataType, shape: Vec<usize>, seed: u64) -> Result<Tensor> {
+pub(crate) fn seeded_input(dtype: DataType, shape: Vec<usize>, seed: u64) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     if !dtype.is_float() {
         return Ok(Tensor::zeros(dtype, shape));
@@ -199,6 +211,9 @@ pub(crate) fn interpret(args: InterpretArgs) -> Result<()> {
     if args.optimize {
         passes::optimize(&mut graph)?;
     }
+    if args.print_graph {
+        say!("{graph}");
+    }
     let compiled = start.elapsed();
     let runtime: HashMap<String, Tensor> = graph
         .inputs
@@ -265,19 +280,25 @@ pub(crate) fn interpret(args: InterpretArgs) -> Result<()> {
     Ok(())
 }
 
-fn names(declared: &[trainyard_compiler::onnx::InputInfo]) -> String {
+pub(crate) fn names(declared: &[trainyard_compiler::onnx::InputInfo]) -> String {
     declared.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// Strips the node name from a reason so that equal causes group together.
 fn cause(reason: &str) -> String {
-    match reason.strip_prefix("node `").and_then(|r| r.find('`').map(|i| &r[i + 1..])) {
-        Some(rest) => rest.trim_start_matches(':').trim_start().to_string(),
-        None => reason.to_string(),
+    for prefix in ["node `", "graph input `"] {
+        if let Some(rest) = reason.strip_prefix(prefix).and_then(|r| r.find('`').map(|i| &r[i + 1..])) {
+            let rest = rest.trim_start_matches(':').trim_start();
+            return if prefix == "node `" { rest.to_string() } else { format!("graph input: {rest}") };
+        }
     }
+    reason.to_string()
 }
 
 pub(crate) fn conformance(args: ConformanceArgs) -> Result<()> {
+    if args.device {
+        return crate::onnx_device::conformance(&args.dir, &args.chip, args.cores, args.json);
+    }
     let backend: &dyn Backend = if args.optimize { &OptimizedInterpreter } else { &Interpreter };
     let rd = std::fs::read_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?;
     let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();

@@ -73,11 +73,22 @@ fn interpret_binds_npy_inputs_and_writes_outputs() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("x (float32[?, 3])"));
     let o = bin()
-        .args(["interpret", model.to_str().unwrap(), "--random-inputs", "--input-shape", "x=5,3", "--optimize"])
+        .args([
+            "interpret",
+            model.to_str().unwrap(),
+            "--random-inputs",
+            "--input-shape",
+            "x=5,3",
+            "--optimize",
+            "--print-graph",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("z: int64[5]"));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("z: int64[5]"), "{text}");
+    // The passes fused MatMul + Add; the layout pass put the rows on partitions.
+    assert!(text.contains("mm: MatMul+Add(x, w, b) -> logits float32[5, 4] p0"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -33,5 +33,6 @@
 pub mod graph;
 pub mod interp;
 pub mod llm;
+pub mod lower;
 pub mod onnx;
 pub mod passes;

@@ -159,6 +159,31 @@ impl HbmTensor {
         let view = View::hbm(&self.name, self.offset, shape, self.view.dtype());
         Ok(HbmTensor { name: self.name.clone(), kind: self.kind, offset: self.offset, view })
     }
+
+    /// A tensor `name` of `shape` and `dtype` at `byte_offset` inside this
+    /// tensor's bytes, not declared in the program: a compiler places many
+    /// short-lived tensors in one scratch arena this way, reusing its bytes
+    /// (the builder orders every reuse by address). The region must lie
+    /// within this tensor.
+    pub fn region(&self, name: &str, byte_offset: u64, shape: &[usize], dtype: DType) -> Result<HbmTensor, BuildError> {
+        let bad = |message: String| BuildError::BadShape {
+            what: format!("region `{name}` of tensor `{}` at byte {byte_offset}", self.name),
+            shape: shape.to_vec(),
+            message,
+        };
+        if shape.contains(&0) {
+            return Err(bad("dimensions must be positive".into()));
+        }
+        let bytes = shape
+            .iter()
+            .try_fold(dtype.size() as u64, |acc, &n| acc.checked_mul(n as u64))
+            .ok_or_else(|| bad("size overflows".into()))?;
+        if byte_offset.checked_add(bytes).is_none_or(|end| end > self.bytes()) {
+            return Err(bad(format!("{bytes} bytes do not fit the tensor's {} bytes", self.bytes())));
+        }
+        let offset = self.offset + byte_offset;
+        Ok(HbmTensor { name: name.to_string(), kind: self.kind, offset, view: View::hbm(name, offset, shape, dtype) })
+    }
 }
 
 forward_view_ops!(HbmTensor);
@@ -821,6 +846,23 @@ mod tests {
         assert_eq!(pool.len(), 3);
         b.free_pool(pool).unwrap();
         b.free(t).unwrap();
+    }
+
+    #[test]
+    fn regions_alias_an_arena_and_are_bounded() {
+        let mut b = KernelBuilder::new("k", &chip("trn2"));
+        let arena = b.hbm_scratch("arena", &[1024], DType::U8).unwrap();
+        let x = arena.region("x", 256, &[4, 8], DType::F32).unwrap();
+        assert_eq!((x.name(), x.offset(), x.bytes(), x.shape()), ("x", arena.offset() + 256, 128, &[4usize, 8][..]));
+        assert!(matches!(arena.region("big", 1000, &[8], DType::F32), Err(BuildError::BadShape { .. })));
+        assert!(matches!(arena.region("empty", 0, &[0], DType::F32), Err(BuildError::BadShape { .. })));
+        let t = b.sbuf_tile(&[4, 8], DType::F32).unwrap();
+        let store = b.dma(&x, &t).unwrap();
+        let y = arena.region("y", 300, &[16], DType::F32).unwrap();
+        let load = b.dma(t.rows(0..2), y.reshape(&[2, 8])).unwrap();
+        let p = b.finish().unwrap();
+        assert_eq!(p.tensors.len(), 1, "regions are not declared");
+        assert_eq!(p.insts[load.0 as usize].deps, vec![store], "overlapping regions are ordered");
     }
 
     #[test]

@@ -119,8 +119,10 @@ pub struct LlmReport {
     pub output_len: u64,
     /// Context of the timed decode step.
     pub decode_context: u64,
-    /// Time to first token: the prefill step, ms.
+    /// Time to first token of the whole batch: the prefill, ms (all `prefill_runs` runs).
     pub ttft_ms: f64,
+    /// Back-to-back prefill runs (1 = batched; `batch` = one prompt at a time, see [`prefill_runs`]).
+    pub prefill_runs: u32,
     /// Time per output token: the decode step at `decode_context`, ms.
     pub tpot_ms: f64,
     /// Decode throughput, `batch / TPOT`.
@@ -167,6 +169,19 @@ pub fn run_phase(
     Ok((dp, run, phase))
 }
 
+/// Prompt tokens a batched prefill may hold; larger batches are prefilled one prompt at a time.
+pub const PREFILL_BATCH_TOKENS: u64 = 8192;
+
+/// How many back-to-back prefill runs serve `batch` prompts of `input_len` tokens: 1 (batched)
+/// when they hold at most [`PREFILL_BATCH_TOKENS`] tokens together, else one per prompt.
+pub fn prefill_runs(batch: u32, input_len: u64) -> u32 {
+    if u64::from(batch) * input_len <= PREFILL_BATCH_TOKENS {
+        1
+    } else {
+        batch
+    }
+}
+
 /// Simulates the prefill of `input_len` tokens and one decode step at
 /// [`LlmWorkload::decode_context`] in timed-only mode; writes a Perfetto trace of both to `trace`.
 pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> {
@@ -186,7 +201,15 @@ pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> 
         expert_parallel: w.expert_parallel,
         reuse_layers: true,
     };
-    let prefill_spec = spec(Phase::Prefill { len: w.input_len as usize });
+    // A batch whose prompts together exceed PREFILL_BATCH_TOKENS is prefilled one prompt after
+    // another: the B programs are identical up to tensor addresses and no cost rule looks at
+    // addresses, so B back-to-back runs (each starting on an idle machine after the previous one
+    // ends) take exactly B times one run; one is simulated. Batched prefill of that many tokens
+    // would gain little (its matmuls already fill the Tensor engine) and its program would not fit
+    // in a laptop's memory (~600 bytes per simulated instruction).
+    let runs = prefill_runs(w.batch, w.input_len);
+    let mut prefill_spec = spec(Phase::Prefill { len: w.input_len as usize });
+    prefill_spec.batch = (w.batch / runs) as usize;
     let decode_spec = spec(Phase::Decode { context: w.decode_context() as usize });
     // Large programs take gigabytes: the prefill's is dropped before the decode step is
     // built unless the trace needs both.
@@ -196,19 +219,30 @@ pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> 
     if let (Some(path), Some((pdp, prun))) = (trace, &kept) {
         super::trace::write(path, &chip, &[("prefill", pdp, prun), ("decode", &ddp, &drun)])?;
     }
-    let mut notes = vec![
-        format!(
-            "TTFT is the simulated prefill of {} tokens per sequence; TPOT is one simulated decode step at context {} \
-             (input + output/2); tokens/s = batch / TPOT",
-            w.input_len,
-            w.decode_context()
-        ),
+    let mut notes = vec![format!(
+        "TTFT is the simulated prefill of {} tokens per sequence; TPOT is one simulated decode step at context {} \
+         (input + output/2); tokens/s = batch / TPOT",
+        w.input_len,
+        w.decode_context()
+    )];
+    if runs > 1 {
+        notes.push(format!(
+            "prefill runs the {} prompts one after another ({} tokens together exceed {PREFILL_BATCH_TOKENS}): one \
+             prompt's prefill is simulated and TTFT is {} times its time (exact: the runs are identical up to \
+             addresses and start on an idle machine); the first prompt's first token comes after {:.3} ms",
+            w.batch,
+            u64::from(w.batch) * w.input_len,
+            runs,
+            prefill.total_ns / 1e6
+        ));
+    }
+    notes.extend([
         "timed-only: synthetic weights, no values computed".to_string(),
         format!(
             "time shares are of the critical path of each step (see docs/llm.md); race checking {}",
             if w.check_races { "on" } else { "off (--race-check turns it on)" }
         ),
-    ];
+    ]);
     notes.extend(ddp.notes.iter().cloned());
     let tpot_ms = decode.total_ns / 1e6;
     Ok(LlmReport {
@@ -221,7 +255,8 @@ pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> 
         input_len: w.input_len,
         output_len: w.output_len,
         decode_context: w.decode_context(),
-        ttft_ms: prefill.total_ns / 1e6,
+        ttft_ms: prefill.total_ns * f64::from(runs) / 1e6,
+        prefill_runs: runs,
         tpot_ms,
         tokens_per_s: if tpot_ms > 0.0 { f64::from(w.batch) * 1e3 / tpot_ms } else { 0.0 },
         hbm_bytes_per_core: plan.total,
@@ -230,4 +265,47 @@ pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> 
         decode,
         notes,
     })
+}
+
+#[cfg(test)]
+mod prefill_tests {
+    use super::*;
+
+    #[test]
+    fn big_batches_prefill_one_prompt_at_a_time() {
+        assert_eq!(prefill_runs(1, 2048), 1);
+        assert_eq!(prefill_runs(4, 2048), 1);
+        assert_eq!(prefill_runs(5, 2048), 5);
+        assert_eq!(prefill_runs(32, 2048), 32);
+        assert_eq!(prefill_runs(64, 128), 1);
+    }
+
+    #[test]
+    fn sequential_prefill_is_batch_times_one_prompt() {
+        let w = |batch| LlmWorkload {
+            cfg: LlmConfig::load(std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../models/tiny-llama/config.json"
+            )))
+            .unwrap(),
+            chip: ChipSpec::by_name("trn2").unwrap(),
+            chips: 1,
+            tp: TpChoice::Fixed(2),
+            expert_parallel: false,
+            batch,
+            input_len: 1024,
+            output_len: 4,
+            dtype: DType::Bf16,
+            check_races: false,
+        };
+        let one = simulate_llm(&w(1), None).unwrap();
+        let three = simulate_llm(&w(9), None).unwrap();
+        assert_eq!(three.prefill_runs, 9);
+        assert!(
+            (three.ttft_ms - 9.0 * one.ttft_ms).abs() < 1e-9 * one.ttft_ms.max(1.0),
+            "{} {}",
+            three.ttft_ms,
+            one.ttft_ms
+        );
+    }
 }

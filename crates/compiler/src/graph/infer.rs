@@ -168,8 +168,23 @@ fn trailing_norm(ins: &[TensorType], axis: usize, max_inputs: usize) -> Res<(&Te
     Ok((x, stat))
 }
 
+/// The most elements a value may have (2³² — 32 GiB of `f64`): larger shapes are
+/// refused by name rather than failing allocation.
+pub const MAX_ELEMENTS: usize = 1 << 32;
+
 /// Output types of `op` applied to inputs of types `ins`.
 pub fn output_types(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
+    let out = types_of(op, ins)?;
+    for t in &out {
+        match super::checked_numel(&t.shape) {
+            Some(n) if n <= MAX_ELEMENTS => {}
+            _ => return Err(format!("output {t} exceeds the limit of {MAX_ELEMENTS} elements")),
+        }
+    }
+    Ok(out)
+}
+
+fn types_of(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
     let one = |dtype: DataType, shape: Vec<usize>| Ok(vec![TensorType::new(dtype, shape)]);
     let x = ins.first();
     let x_or = || x.ok_or_else(|| "has no input".to_string());
@@ -189,7 +204,7 @@ pub fn output_types(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
             same_dtype(&ins[1], &ins[2], "Where branches")?;
             one(ins[1].dtype, broadcast_all(ins.iter().map(|t| t.shape.as_slice()))?)
         }
-        Op::Cast(to) => {
+        Op::Cast { to, .. } => {
             arity(ins, 1, 1)?;
             one(*to, x_or()?.shape.clone())
         }
@@ -261,6 +276,9 @@ pub fn output_types(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
                     false,
                 )?);
             }
+            if let Some(a) = &c.activation {
+                unary_dtype(a, x.dtype)?;
+            }
             one(x.dtype, shape)
         }
         Op::ConvTranspose(c) => {
@@ -331,7 +349,7 @@ pub fn output_types(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
             shape[2..].fill(1);
             one(x.dtype, shape)
         }
-        Op::BatchNorm { .. } => {
+        Op::BatchNorm { momentum, .. } => {
             arity(ins, 5, 5)?;
             let x = x_or()?;
             float_input(x, "BatchNormalization input")?;
@@ -342,7 +360,12 @@ pub fn output_types(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
                 })?;
                 float_input(p, "BatchNormalization parameter")?;
             }
-            one(x.dtype, x.shape.clone())
+            let y = TensorType::new(x.dtype, x.shape.clone());
+            if momentum.is_some() {
+                let stat = TensorType::new(x.dtype, vec![x.shape[1]]);
+                return Ok(vec![y, stat.clone(), stat]);
+            }
+            Ok(vec![y])
         }
         Op::LayerNorm { axis, stats_dtype, .. } => {
             let (x, stat) = trailing_norm(ins, *axis, 3)?;
@@ -598,6 +621,70 @@ pub fn output_types(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
             shape.insert(*axis, *depth as usize);
             one(*dtype, shape)
         }
+        Op::ScatterElements { axis, .. } => {
+            arity(ins, 3, 3)?;
+            let (d, i, u) = (&ins[0], &ins[1], &ins[2]);
+            axis_ok(*axis, d.rank())?;
+            same_dtype(d, u, "data and updates")?;
+            want(i.dtype.is_int() && i.rank() == d.rank() && i.shape == u.shape, || {
+                format!("indices {i} and updates {u} must be integers and updates of one shape, of rank {}", d.rank())
+            })?;
+            one(d.dtype, d.shape.clone())
+        }
+        Op::ScatterNd { .. } => {
+            arity(ins, 3, 3)?;
+            let (d, i, u) = (&ins[0], &ins[1], &ins[2]);
+            same_dtype(d, u, "data and updates")?;
+            want(i.dtype.is_int() && i.rank() >= 1, || format!("indices must be integers of rank ≥ 1, got {i}"))?;
+            let q = i.shape[i.rank() - 1];
+            want(q <= d.rank(), || format!("index tuples of {q} exceed data rank {}", d.rank()))?;
+            let mut expect = i.shape[..i.rank() - 1].to_vec();
+            expect.extend_from_slice(&d.shape[q..]);
+            want(u.shape == expect, || format!("updates must be {expect:?}, got {:?}", u.shape))?;
+            one(d.dtype, d.shape.clone())
+        }
+        Op::ReverseSequence { batch_axis, .. } => {
+            arity(ins, 2, 2)?;
+            let (x, l) = (&ins[0], &ins[1]);
+            want(l.dtype.is_int() && l.shape == [x.shape[*batch_axis]], || {
+                format!("sequence_lens must be {} integers, got {l}", x.shape[*batch_axis])
+            })?;
+            one(x.dtype, x.shape.clone())
+        }
+        Op::Loss { reduction, with_log_prob, .. } => {
+            arity(ins, 2, 3)?;
+            let (x, t) = (&ins[0], &ins[1]);
+            float_input(x, "scores")?;
+            let mut expect = vec![x.shape[0]];
+            expect.extend_from_slice(&x.shape[2..]);
+            want(t.dtype.is_int() && t.shape == expect, || {
+                format!("target must be integers of shape {expect:?}, got {t}")
+            })?;
+            if let Some(w) = ins.get(2) {
+                want(w.shape == [x.shape[1]] && w.dtype == x.dtype, || {
+                    format!("weight must be {}[{}], got {w}", x.dtype, x.shape[1])
+                })?;
+            }
+            let loss = if *reduction == super::LossReduction::None { t.shape.clone() } else { vec![] };
+            let mut out = vec![TensorType::new(x.dtype, loss)];
+            if *with_log_prob {
+                out.push(x.clone());
+            }
+            Ok(out)
+        }
+        Op::Attention(a) => super::infer_attention::attention(a, ins),
+        Op::QuantizeLinear { axis, block, to, .. } => super::infer_quant::quantize(ins, *axis, *block, *to, false),
+        Op::DequantizeLinear { axis, block, to } => super::infer_quant::quantize(ins, *axis, *block, *to, true),
+        Op::Einsum { inputs, output } => super::infer_quant::einsum(inputs, output, ins),
+        Op::BitCast(to) => {
+            arity(ins, 1, 1)?;
+            let x = x_or()?;
+            want(to.size() == x.dtype.size(), || format!("BitCast from {} to {to}: widths differ", x.dtype))?;
+            one(*to, x.shape.clone())
+        }
+        Op::RotaryEmbedding { num_heads, rotary_dim, has_position_ids, .. } => {
+            super::infer_attention::rotary(*num_heads, *rotary_dim, *has_position_ids, ins)
+        }
         Op::FusedElementwise(steps) => {
             want(!steps.is_empty(), || "empty fused chain".into())?;
             let shape = broadcast_all(ins.iter().map(|t| t.shape.as_slice()))?;
@@ -660,7 +747,7 @@ mod tests {
         let f = DataType::F32;
         let window =
             Window { kernel: vec![3, 3], strides: vec![2, 2], pads: vec![(1, 1), (1, 1)], dilations: vec![1, 1] };
-        let conv = Op::Conv(Conv { window: window.clone(), group: 1 });
+        let conv = Op::Conv(Conv { window: window.clone(), group: 1, activation: None });
         let o = output_types(&conv, &[t(f, &[1, 3, 224, 224]), t(f, &[64, 3, 3, 3])]).unwrap();
         assert_eq!(o[0].shape, vec![1, 64, 112, 112]);
         let e = output_types(&conv, &[t(f, &[1, 4, 8, 8]), t(f, &[64, 3, 3, 3])]).unwrap_err();
@@ -671,6 +758,7 @@ mod tests {
                 window: Window { pads: vec![(0, 0); 2], ..window.clone() },
                 ceil_mode: ceil,
                 with_indices: false,
+                column_major: false,
             })
         };
         assert_eq!(output_types(&pool(false), &[t(f, &[1, 1, 6, 6])]).unwrap()[0].shape, vec![1, 1, 2, 2]);

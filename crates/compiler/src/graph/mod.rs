@@ -27,6 +27,8 @@
 
 mod dtype;
 pub mod infer;
+pub(crate) mod infer_attention;
+pub(crate) mod infer_quant;
 mod op;
 mod tensor;
 
@@ -347,6 +349,11 @@ impl Graph {
         Ok(())
     }
 
+    /// Bytes of constant data (weights and folded values), as stored in ONNX.
+    pub fn constant_bytes(&self) -> usize {
+        self.values.iter().filter_map(|v| v.constant.as_ref()).map(|c| c.len() * c.dtype().size()).sum()
+    }
+
     /// Number of nodes per op type, sorted by name (for reports).
     pub fn op_counts(&self) -> Vec<(String, usize)> {
         let mut m = std::collections::BTreeMap::new();
@@ -354,5 +361,37 @@ impl Graph {
             *m.entry(n.op_type.clone()).or_insert(0usize) += 1;
         }
         m.into_iter().collect()
+    }
+}
+
+/// The text form: one line per input, constant and node, with types and (after the
+/// layout pass) partition axes, e.g.
+/// `n3 conv0: Conv(x, w, b) -> c float32[1, 64, 112, 112] p1`.
+impl fmt::Display for Graph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = |v: ValueId| &self.value(v).name;
+        let ty = |v: ValueId| {
+            let val = self.value(v);
+            match val.partition_axis {
+                Some(p) => format!("{} p{p}", val.ty),
+                None => val.ty.to_string(),
+            }
+        };
+        writeln!(f, "graph {} ({} nodes, {} bytes of constants)", self.name, self.nodes.len(), self.constant_bytes())?;
+        for &i in &self.inputs {
+            writeln!(f, "  input {}: {}", name(i), ty(i))?;
+        }
+        for (k, v) in self.values.iter().enumerate() {
+            if v.constant.is_some() && self.nodes.iter().any(|n| n.inputs.contains(&ValueId(k as u32))) {
+                writeln!(f, "  const {}: {}", v.name, ty(ValueId(k as u32)))?;
+            }
+        }
+        for (k, n) in self.nodes.iter().enumerate() {
+            let ins: Vec<&str> = n.inputs.iter().map(|&i| name(i).as_str()).collect();
+            let outs: Vec<String> = n.outputs.iter().map(|&o| format!("{} {}", name(o), ty(o))).collect();
+            writeln!(f, "  n{k} {}: {}({}) -> {}", n.name, n.op_type, ins.join(", "), outs.join(", "))?;
+        }
+        let outs: Vec<&str> = self.outputs.iter().map(|&o| name(o).as_str()).collect();
+        writeln!(f, "  outputs: {}", outs.join(", "))
     }
 }

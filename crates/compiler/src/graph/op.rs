@@ -220,6 +220,8 @@ pub struct Conv {
     pub window: Window,
     /// Channel groups.
     pub group: usize,
+    /// An activation applied after the bias (set by [`crate::passes::fuse_conv`]).
+    pub activation: Option<Unary>,
 }
 
 /// Transposed convolution: weight C×(M/group)×kernel.
@@ -233,6 +235,66 @@ pub struct ConvTranspose {
     pub output_padding: Vec<usize>,
 }
 
+/// Scaled dot-product attention (ONNX `Attention`, opsets 23–24).
+///
+/// Inputs, in order: Q, K, V, then the optional ones this op has: the additive or
+/// boolean mask, the past key and value, the non-padded KV lengths. Q, K and V are
+/// `B×S×(H·d)` when `packed`, else `B×H×S×d`; past and present keys/values are
+/// always `B×H_kv×T×d`. Outputs: Y, then (when `outputs ≥ 3`) the present key and
+/// value, then (when `outputs = 4`) the attention scores selected by `qk_output`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attention {
+    /// Query heads.
+    pub q_heads: usize,
+    /// Key/value heads (query heads are grouped onto them).
+    pub kv_heads: usize,
+    /// 3-D inputs with heads packed into the last axis.
+    pub packed: bool,
+    /// Multiplies Q·Kᵀ.
+    pub scale: f64,
+    /// Mask keys after each query's position (offset by the past length).
+    pub causal: bool,
+    /// Scores become `softcap·tanh(score/softcap)` when positive.
+    pub softcap: f64,
+    /// An `attn_mask` input is present.
+    pub has_mask: bool,
+    /// `past_key` and `past_value` inputs are present.
+    pub has_past: bool,
+    /// A `nonpad_kv_seqlen` input is present.
+    pub has_nonpad: bool,
+    /// Number of outputs (1, 3 or 4).
+    pub outputs: usize,
+    /// What the fourth output holds: 0 scaled scores (soft-capped), 1 the same, 2 with
+    /// the mask added, 3 after the softmax.
+    pub qk_output: i64,
+}
+
+/// How a scatter combines an update with the existing value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScatterReduction {
+    /// Replace.
+    None,
+    /// Add.
+    Add,
+    /// Multiply.
+    Mul,
+    /// Maximum.
+    Max,
+    /// Minimum.
+    Min,
+}
+
+/// How a loss combines per-element values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossReduction {
+    /// Per element (the target's shape).
+    None,
+    /// Sum.
+    Sum,
+    /// Weighted mean.
+    Mean,
+}
+
 /// Pooling over a window.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pool {
@@ -242,8 +304,10 @@ pub struct Pool {
     pub window: Window,
     /// Round the output length up (a last, partial window is kept).
     pub ceil_mode: bool,
-    /// MaxPool's second output: flat indices into the input (row-major).
+    /// MaxPool's second output: flat indices into the input.
     pub with_indices: bool,
+    /// Indices count the spatial axes column-major (`storage_order = 1`).
+    pub column_major: bool,
 }
 
 /// Which softmax-like function.
@@ -400,8 +464,14 @@ pub enum Op {
     Binary(Binary),
     /// `Where(cond, a, b)` (broadcasting).
     Where,
-    /// Element type conversion.
-    Cast(DataType),
+    /// Element type conversion; `saturate` decides fp8 overflow (see
+    /// [`DataType::round_float_with`]).
+    Cast {
+        /// Target type.
+        to: DataType,
+        /// Saturate out-of-range values to the fp8 maximum.
+        saturate: bool,
+    },
     /// Matrix product with numpy batching (`MatMul`).
     MatMul,
     /// `alpha·op(A)·op(B) + beta·C` with 2-D A and B; C optional, broadcast.
@@ -423,10 +493,14 @@ pub enum Op {
     Pool(Pool),
     /// Pooling over all spatial axes.
     GlobalPool(PoolKind),
-    /// Inference batch normalization; inputs X, scale, bias, mean, var.
+    /// Batch normalization; inputs X, scale, bias, mean, var. In training mode
+    /// (`momentum` given) it normalizes with the batch statistics and also outputs the
+    /// updated running mean and variance.
     BatchNorm {
         /// Added to the variance.
         epsilon: f64,
+        /// Training mode: running = running·momentum + batch·(1 − momentum).
+        momentum: Option<f64>,
     },
     /// Normalization over axes `axis..`; inputs X, scale, optional bias; outputs Y
     /// and optionally mean and 1/σ.
@@ -510,8 +584,10 @@ pub enum Op {
         /// Report the last index among ties.
         last_index: bool,
     },
-    /// Cumulative sum along an axis.
+    /// Cumulative sum (or product) along an axis.
     CumSum {
+        /// Multiply instead of add (`CumProd`).
+        product: bool,
         /// Axis.
         axis: usize,
         /// Exclude the current element.
@@ -624,6 +700,89 @@ pub enum Op {
         on: f64,
         /// Output element type.
         dtype: DataType,
+    },
+    /// Writes `updates` into a copy of `data` at `indices` along an axis
+    /// (`ScatterElements`); inputs data, indices, updates.
+    ScatterElements {
+        /// Axis.
+        axis: usize,
+        /// How an update combines with the value there.
+        reduction: ScatterReduction,
+    },
+    /// Writes slices of `updates` at the index tuples of `indices` (`ScatterND`).
+    ScatterNd {
+        /// How an update combines with the value there.
+        reduction: ScatterReduction,
+    },
+    /// Reverses the first `lens[b]` steps of every batch entry `b`; inputs x, lens.
+    ReverseSequence {
+        /// Batch axis (0 or 1).
+        batch_axis: usize,
+        /// Time axis (the other one).
+        time_axis: usize,
+    },
+    /// Negative log-likelihood loss, over log-probabilities (`NegativeLogLikelihoodLoss`)
+    /// or over scores through a log-softmax on axis 1 (`SoftmaxCrossEntropyLoss`);
+    /// inputs x (N×C×…), target (N×…), optional weight (C). Outputs the loss and, for
+    /// the softmax form when asked, the log-probabilities.
+    Loss {
+        /// Apply log-softmax to the input first.
+        softmax: bool,
+        /// How per-element losses are combined.
+        reduction: LossReduction,
+        /// Targets equal to this contribute nothing.
+        ignore_index: Option<i64>,
+        /// Also output the log-probabilities.
+        with_log_prob: bool,
+    },
+    /// `QuantizeLinear`: `saturate(round(x / scale) + zero_point)` into `to`; inputs x,
+    /// scale, optional zero point. Scales are per tensor, per `axis`, or per block of
+    /// `block` elements along `axis`.
+    QuantizeLinear {
+        /// Quantized axis (per-axis and blocked scales).
+        axis: usize,
+        /// Block length along `axis` (0: not blocked).
+        block: usize,
+        /// Output type (integers or fp8).
+        to: DataType,
+        /// fp8 overflow saturates.
+        saturate: bool,
+        /// Type the division is computed in (`precision`), else the input's.
+        precision: Option<DataType>,
+    },
+    /// `DequantizeLinear`: `(x − zero_point) · scale` into `to`; inputs x, scale,
+    /// optional zero point, laid out as for `QuantizeLinear`.
+    DequantizeLinear {
+        /// Quantized axis.
+        axis: usize,
+        /// Block length along `axis` (0: not blocked).
+        block: usize,
+        /// Output float type.
+        to: DataType,
+    },
+    /// Einstein summation: each input's axes and the output's, as letter numbers.
+    Einsum {
+        /// Letters of each input's axes.
+        inputs: Vec<Vec<usize>>,
+        /// Letters of the output's axes.
+        output: Vec<usize>,
+    },
+    /// The same bytes read as another type of the same width (`BitCast`).
+    BitCast(DataType),
+    /// Scaled dot-product attention.
+    Attention(Attention),
+    /// Rotary position embedding (ONNX `RotaryEmbedding`); inputs X, cos cache, sin
+    /// cache and optionally position ids. X is `B×H×S×d`, or `B×S×(H·d)` with
+    /// `num_heads` given.
+    RotaryEmbedding {
+        /// Rotate interleaved pairs (x0,x1), (x2,x3)… instead of the two halves.
+        interleaved: bool,
+        /// Heads of a 3-D input.
+        num_heads: Option<usize>,
+        /// Leading elements of each head that rotate (the rest pass through).
+        rotary_dim: usize,
+        /// A position-id input selects the cache rows.
+        has_position_ids: bool,
     },
     /// A chain of elementwise steps made by the fusion pass; the result is the last step's.
     FusedElementwise(Vec<FusedStep>),

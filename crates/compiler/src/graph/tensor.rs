@@ -219,6 +219,7 @@ impl Tensor {
                         DataType::F64 => out.extend_from_slice(&x.to_le_bytes()),
                         DataType::F16 => out.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
                         DataType::Bf16 => out.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes()),
+                        DataType::F8E4M3 | DataType::F8E5M2 => out.push(self.dtype.fp8_bits(x)),
                         _ => out.extend_from_slice(&(x as f32).to_le_bytes()),
                     }
                 }
@@ -252,6 +253,7 @@ impl Tensor {
                         DataType::F64 => f64::from_le_bytes(c.try_into().unwrap_or([0; 8])),
                         DataType::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f64(),
                         DataType::Bf16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f64(),
+                        DataType::F8E4M3 | DataType::F8E5M2 => dtype.fp8_value(c[0]),
                         _ => f32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as f64,
                     })
                     .collect(),

@@ -387,9 +387,15 @@ pub(crate) fn where_(inputs: &[&Tensor], o: &TensorType) -> Result<Tensor, Strin
     }
 }
 
-pub(crate) fn cast(x: &Tensor, o: &TensorType) -> Result<Tensor, String> {
+pub(crate) fn cast(x: &Tensor, saturate: bool, o: &TensorType) -> Result<Tensor, String> {
     let shape = o.shape.clone();
+    let fp8 = |t: DataType, v: Vec<f64>| {
+        let v = v.into_iter().map(|f| t.round_float_with(f, saturate)).collect();
+        Tensor::new(t, o.shape.clone(), Data::Float(v))
+    };
     match (x.data(), o.dtype) {
+        (Data::Float(v), t @ (DataType::F8E4M3 | DataType::F8E5M2)) => fp8(t, v.clone()),
+        (Data::Int(v), t @ (DataType::F8E4M3 | DataType::F8E5M2)) => fp8(t, v.iter().map(|&i| i as f64).collect()),
         (Data::Float(v), DataType::Bool) => {
             Tensor::from_i128(o.dtype, shape, v.iter().map(|&f| (f != 0.0) as i128).collect())
         }

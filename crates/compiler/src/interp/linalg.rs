@@ -217,7 +217,12 @@ pub(crate) fn conv(c: &Conv, inputs: &[&Tensor], o: &TensorType) -> Result<Tenso
             *v += bv[(i / osz) % m];
         }
     }
-    Tensor::from_f64(o.dtype, o.shape.clone(), out)
+    let t = Tensor::from_f64(o.dtype, o.shape.clone(), out)?;
+    match &c.activation {
+        // Rounded before the activation, as the separate nodes were.
+        Some(a) => super::elementwise::unary(a, &t, o),
+        None => Ok(t),
+    }
 }
 
 pub(crate) fn conv_transpose(c: &ConvTranspose, inputs: &[&Tensor], o: &TensorType) -> Result<Tensor, String> {
@@ -285,4 +290,114 @@ pub(crate) fn conv_transpose(c: &ConvTranspose, inputs: &[&Tensor], o: &TensorTy
         }
     }
     Tensor::from_f64(o.dtype, o.shape.clone(), out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{infer, Op, Window};
+    use proptest::prelude::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 - 500.0) / 250.0).collect()
+    }
+
+    /// Direct convolution: out[n][m][o] = Σ x[n][c][o·s + k·d − p] · w[m][c][k] + b[m].
+    fn naive_conv(x: &Tensor, w: &Tensor, b: &[f64], c: &Conv, out: &[usize]) -> Vec<f64> {
+        let (xs, ws) = (x.shape(), w.shape());
+        let (xv, wv) = (x.to_f64_vec(), w.to_f64_vec());
+        let (cg, mg) = (xs[1] / c.group, ws[0] / c.group);
+        let (h, wd) = (xs[2], xs[3]);
+        let mut y = vec![0.0; numel(out)];
+        for n in 0..out[0] {
+            for m in 0..out[1] {
+                let g = m / mg;
+                for oy in 0..out[2] {
+                    for ox in 0..out[3] {
+                        let mut acc = b[m];
+                        for ci in 0..cg {
+                            for ky in 0..ws[2] {
+                                for kx in 0..ws[3] {
+                                    let iy = (oy * c.window.strides[0] + ky * c.window.dilations[0]) as isize
+                                        - c.window.pads[0].0 as isize;
+                                    let ix = (ox * c.window.strides[1] + kx * c.window.dilations[1]) as isize
+                                        - c.window.pads[1].0 as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                        continue;
+                                    }
+                                    let xi = ((n * xs[1] + g * cg + ci) * h + iy as usize) * wd + ix as usize;
+                                    let wi = ((m * cg + ci) * ws[2] + ky) * ws[3] + kx;
+                                    acc += xv[xi] * wv[wi];
+                                }
+                            }
+                        }
+                        y[((n * out[1] + m) * out[2] + oy) * out[3] + ox] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    proptest! {
+        /// im2col + gemm agrees with the direct loop nest over groups, strides, pads,
+        /// dilations and odd shapes; ConvTranspose is the adjoint of Conv:
+        /// ⟨conv(x), y⟩ = ⟨x, convᵀ(y)⟩.
+        #[test]
+        fn conv_matches_the_direct_definition(
+            n in 1usize..3, g in 1usize..3, cg in 1usize..3, mg in 1usize..3,
+            h in 3usize..9, wd in 3usize..9, k in 1usize..4,
+            s in 1usize..3, d in 1usize..3, p in 0usize..3, seed in 0u64..100,
+        ) {
+            let span = d * (k - 1) + 1;
+            prop_assume!(h + 2 * p >= span && wd + 2 * p >= span);
+            let window = Window { kernel: vec![k, k], strides: vec![s, s], pads: vec![(p, p); 2], dilations: vec![d, d] };
+            let conv = Conv { window: window.clone(), group: g, activation: None };
+            let x = Tensor::from_f32(vec![n, g * cg, h, wd], &values(n * g * cg * h * wd, seed)).unwrap();
+            let w = Tensor::from_f32(vec![g * mg, cg, k, k], &values(g * mg * cg * k * k, seed + 1)).unwrap();
+            let b = Tensor::from_f32(vec![g * mg], &values(g * mg, seed + 2)).unwrap();
+            let ty = |t: &Tensor| crate::graph::TensorType::new(t.dtype(), t.shape().to_vec());
+            let out = infer::output_types(&Op::Conv(conv.clone()), &[ty(&x), ty(&w), ty(&b)]).unwrap();
+            let got = super::conv(&conv, &[&x, &w, &b], &out[0]).unwrap().to_f64_vec();
+            let want = naive_conv(&x, &w, &b.to_f64_vec(), &conv, &out[0].shape);
+            for (a, e) in got.iter().zip(&want) {
+                // One f32 rounding of the same exact sum.
+                prop_assert!((a - (*e as f32 as f64)).abs() <= 1e-6 * e.abs().max(1.0), "{} vs {}", a, e);
+            }
+            // Adjoint check with the un-biased conv.
+            let y = Tensor::from_f32(out[0].shape.clone(), &values(out[0].numel(), seed + 3)).unwrap();
+            let cx = super::conv(&conv, &[&x, &w], &out[0]).unwrap().to_f64_vec();
+            let ct = ConvTranspose { window, group: g, output_padding: vec![0, 0] };
+            let back_ty = infer::output_types(&Op::ConvTranspose(ct.clone()), &[ty(&y), ty(&w)]);
+            // The transposed output may be shorter than x when strides drop a tail.
+            if let Ok(bt) = back_ty {
+                if bt[0].shape == x.shape() {
+                    let xt = super::conv_transpose(&ct, &[&y, &w], &bt[0]).unwrap().to_f64_vec();
+                    let lhs: f64 = cx.iter().zip(y.to_f64_vec()).map(|(a, b)| a * b).sum();
+                    let rhs: f64 = xt.iter().zip(x.to_f64_vec()).map(|(a, b)| a * b).sum();
+                    prop_assert!((lhs - rhs).abs() <= 1e-3 * lhs.abs().max(1.0), "{} vs {}", lhs, rhs);
+                }
+            }
+        }
+
+        /// Batched, broadcasting MatMul agrees with a plain triple loop.
+        #[test]
+        fn matmul_matches_the_definition(b1 in 1usize..3, m in 1usize..6, k in 1usize..6, n in 1usize..6, seed in 0u64..50) {
+            let a = Tensor::from_f32(vec![b1, m, k], &values(b1 * m * k, seed)).unwrap();
+            let bm = Tensor::from_f32(vec![k, n], &values(k * n, seed + 5)).unwrap();
+            let o = crate::graph::TensorType::new(crate::graph::DataType::F32, vec![b1, m, n]);
+            let got = matmul(&a, &bm, None, None, &o).unwrap().to_f64_vec();
+            let (av, bv) = (a.to_f64_vec(), bm.to_f64_vec());
+            for bi in 0..b1 {
+                for i in 0..m {
+                    for j in 0..n {
+                        let e: f64 = (0..k).map(|p| av[(bi * m + i) * k + p] * bv[p * n + j]).sum();
+                        let g = got[(bi * m + i) * n + j];
+                        prop_assert!((g - e).abs() <= 1e-6 * e.abs().max(1.0), "{} vs {}", g, e);
+                        prop_assert_eq!(g, g as f32 as f64, "results are rounded to float32");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -24,10 +24,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod attention;
 mod elementwise;
 mod linalg;
 mod movement;
 mod nn;
+mod quant;
+mod scatter;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,6 +68,9 @@ pub enum InterpError {
         /// The bound shape.
         shape: Vec<usize>,
     },
+    /// The graph breaks an IR invariant (see [`Graph::verify`]).
+    #[error("{0}")]
+    Invalid(#[from] crate::graph::GraphError),
     /// An op failed on its values (e.g. an index out of range).
     #[error("node `{node}` ({op_type}): {reason}")]
     Node {
@@ -87,8 +93,26 @@ pub fn eval(op: &Op, inputs: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tenso
         Op::Unary(u) => one(elementwise::unary(u, x, o)),
         Op::Binary(b) => one(elementwise::binary(*b, x, inputs.get(1).ok_or("missing operand")?, o)),
         Op::Where => one(elementwise::where_(inputs, o)),
-        Op::Cast(_) => one(elementwise::cast(x, o)),
+        Op::Cast { saturate, .. } => one(elementwise::cast(x, *saturate, o)),
         Op::FusedElementwise(steps) => one(elementwise::fused(steps, inputs, o)),
+        Op::Attention(a) => attention::attention(a, inputs, out),
+        Op::QuantizeLinear { axis, block, saturate, precision, .. } => {
+            one(quant::quantize(inputs, *axis, *block, *saturate, *precision, o))
+        }
+        Op::DequantizeLinear { axis, block, .. } => one(quant::dequantize(inputs, *axis, *block, o)),
+        Op::Einsum { inputs: terms, output } => one(quant::einsum(terms, output, inputs, o)),
+        Op::BitCast(_) => one(quant::bit_cast(x, o)),
+        Op::RotaryEmbedding { interleaved, num_heads, rotary_dim, .. } => {
+            one(attention::rotary(inputs, *interleaved, *num_heads, *rotary_dim, o))
+        }
+        Op::ScatterElements { axis, reduction } => one(scatter::scatter_elements(inputs, *axis, *reduction, o)),
+        Op::ScatterNd { reduction } => one(scatter::scatter_nd(inputs, *reduction, o)),
+        Op::ReverseSequence { batch_axis, time_axis } => {
+            one(scatter::reverse_sequence(inputs, *batch_axis, *time_axis, o))
+        }
+        Op::Loss { softmax, reduction, ignore_index, .. } => {
+            scatter::loss(inputs, *softmax, *reduction, *ignore_index, out)
+        }
         Op::MatMul => one(linalg::matmul(x, inputs.get(1).ok_or("missing B")?, None, None, o)),
         Op::FusedMatMul { activation } => {
             one(linalg::matmul(x, inputs.get(1).ok_or("missing B")?, inputs.get(2).copied(), activation.as_ref(), o))
@@ -98,7 +122,7 @@ pub fn eval(op: &Op, inputs: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tenso
         Op::ConvTranspose(c) => one(linalg::conv_transpose(c, inputs, o)),
         Op::Pool(p) => nn::pool(p, x, out),
         Op::GlobalPool(kind) => one(nn::global_pool(*kind, x, o)),
-        Op::BatchNorm { epsilon } => one(nn::batch_norm(inputs, *epsilon, o)),
+        Op::BatchNorm { epsilon, momentum } => nn::batch_norm(inputs, *epsilon, *momentum, out),
         Op::LayerNorm { axis, epsilon, .. } => nn::layer_norm(inputs, *axis, *epsilon, false, out),
         Op::RmsNorm { axis, epsilon } => nn::layer_norm(inputs, *axis, *epsilon, true, out),
         Op::InstanceNorm { epsilon } => one(nn::group_norm(inputs, None, *epsilon, o)),
@@ -109,7 +133,9 @@ pub fn eval(op: &Op, inputs: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tenso
         Op::Softmax { kind, axis, coerce_2d } => one(nn::softmax(*kind, x, *axis, *coerce_2d, o)),
         Op::Reduce { kind, axes, .. } => one(nn::reduce(*kind, x, axes, o)),
         Op::ArgReduce { max, axis, last_index, .. } => one(nn::arg_reduce(x, *max, *axis, *last_index, o)),
-        Op::CumSum { axis, exclusive, reverse } => one(nn::cum_sum(x, *axis, *exclusive, *reverse, o)),
+        Op::CumSum { product, axis, exclusive, reverse } => {
+            one(nn::cum_sum(x, *product, *axis, *exclusive, *reverse, o))
+        }
         Op::TopK { axis, k, largest } => nn::top_k(x, *axis, *k, *largest, out),
         Op::Reshape { .. } | Op::Identity => one(x.clone().reshaped(o.shape.clone())),
         Op::Transpose { perm } => one(movement::transpose(x, perm, o)),
@@ -135,7 +161,11 @@ pub fn eval(op: &Op, inputs: &[&Tensor], out: &[TensorType]) -> Result<Vec<Tenso
 }
 
 /// Runs `graph` with its inputs bound by name; returns every graph output by name.
+///
+/// The graph is verified first, so a hand-built graph with inconsistent types is an
+/// error rather than a panic.
 pub fn run(graph: &Graph, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, InterpError> {
+    graph.verify()?;
     let mut env: Vec<Option<Arc<Tensor>>> = graph.values.iter().map(|v| v.constant.clone()).collect();
     for name in inputs.keys() {
         if !graph.inputs.iter().any(|&i| &graph.value(i).name == name) {

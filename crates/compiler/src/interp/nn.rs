@@ -15,6 +15,18 @@ fn coords(mut i: usize, shape: &[usize], out: &mut [usize]) {
     }
 }
 
+/// A row-major position within a plane of `shape`, counted column-major instead.
+fn column_major(at: usize, shape: &[usize]) -> usize {
+    let mut c = vec![0; shape.len()];
+    coords(at, shape, &mut c);
+    let (mut idx, mut stride) = (0, 1);
+    for (d, &v) in c.iter().enumerate() {
+        idx += v * stride;
+        stride *= shape[d];
+    }
+    idx
+}
+
 const PAD: usize = usize::MAX - 1;
 const OUT: usize = usize::MAX;
 
@@ -62,15 +74,17 @@ pub(crate) fn pool(p: &Pool, x: &Tensor, out: &[TensorType]) -> Result<Vec<Tenso
             let s = &src[oi * kk..][..kk];
             match p.kind {
                 PoolKind::Max => {
-                    let (mut best, mut at) = (f64::NEG_INFINITY, 0usize);
+                    // The first maximum wins, as in the reference.
+                    let mut best: Option<(f64, usize)> = None;
                     for &q in s.iter().filter(|&&q| q < PAD) {
-                        if plane[q] > best || (best == f64::NEG_INFINITY && at == 0) {
-                            best = plane[q];
-                            at = q;
+                        if best.is_none_or(|(b, _)| plane[q] > b) {
+                            best = Some((plane[q], q));
                         }
                     }
-                    vals.push(best);
+                    let (v, at) = best.unwrap_or((f64::NEG_INFINITY, 0));
+                    vals.push(v);
                     if p.with_indices {
+                        let at = if p.column_major { column_major(at, sp_in) } else { at };
                         idx.push((pl * isz + at) as i128);
                     }
                 }
@@ -117,20 +131,48 @@ pub(crate) fn global_pool(kind: PoolKind, x: &Tensor, o: &TensorType) -> Result<
     Tensor::from_f64(o.dtype, o.shape.clone(), v)
 }
 
-pub(crate) fn batch_norm(inputs: &[&Tensor], eps: f64, o: &TensorType) -> Result<Tensor, String> {
+pub(crate) fn batch_norm(
+    inputs: &[&Tensor],
+    eps: f64,
+    momentum: Option<f64>,
+    out: &[TensorType],
+) -> Result<Vec<Tensor>, String> {
     let x = inputs[0];
     let p: Vec<Vec<f64>> = inputs[1..5].iter().map(|t| t.to_f64_vec()).collect();
-    let (_, c, inner) = split_axis(x.shape(), 1);
+    let (n, c, inner) = split_axis(x.shape(), 1);
     let xv = x.to_f64_vec();
-    let v = xv
+    let (mean, var) = match momentum {
+        None => (p[2].clone(), p[3].clone()),
+        Some(_) => {
+            // Batch statistics over every axis but the channels (population variance).
+            let count = (n * inner).max(1) as f64;
+            let (mut m, mut v) = (vec![0.0; c], vec![0.0; c]);
+            for (i, &a) in xv.iter().enumerate() {
+                m[(i / inner.max(1)) % c.max(1)] += a / count;
+            }
+            for (i, &a) in xv.iter().enumerate() {
+                let ch = (i / inner.max(1)) % c.max(1);
+                v[ch] += (a - m[ch]).powi(2) / count;
+            }
+            (m, v)
+        }
+    };
+    let y = xv
         .iter()
         .enumerate()
         .map(|(i, &a)| {
             let ch = (i / inner.max(1)) % c.max(1);
-            (a - p[2][ch]) / (p[3][ch] + eps).sqrt() * p[0][ch] + p[1][ch]
+            (a - mean[ch]) / (var[ch] + eps).sqrt() * p[0][ch] + p[1][ch]
         })
         .collect();
-    Tensor::from_f64(o.dtype, o.shape.clone(), v)
+    let mut res = vec![Tensor::from_f64(out[0].dtype, out[0].shape.clone(), y)?];
+    if let (Some(mo), 3) = (momentum, out.len()) {
+        let run =
+            |old: &[f64], new: &[f64]| old.iter().zip(new).map(|(o, b)| o * mo + b * (1.0 - mo)).collect::<Vec<_>>();
+        res.push(Tensor::from_f64(out[1].dtype, out[1].shape.clone(), run(&p[2], &mean))?);
+        res.push(Tensor::from_f64(out[2].dtype, out[2].shape.clone(), run(&p[3], &var))?);
+    }
+    Ok(res)
 }
 
 /// LayerNormalization (or RMSNormalization with `rms`) over axes `axis..`.
@@ -423,6 +465,7 @@ pub(crate) fn arg_reduce(x: &Tensor, max: bool, axis: usize, last: bool, o: &Ten
 
 pub(crate) fn cum_sum(
     x: &Tensor,
+    product: bool,
     axis: usize,
     exclusive: bool,
     reverse: bool,
@@ -435,16 +478,12 @@ pub(crate) fn cum_sum(
             let mut y = vec![0.0; v.len()];
             for a in 0..outer {
                 for i in 0..inner {
-                    let mut acc = 0.0;
+                    let mut acc = if product { 1.0 } else { 0.0 };
                     for &k in &order {
                         let at = (a * len + k) * inner + i;
-                        if exclusive {
-                            y[at] = acc;
-                            acc += v[at];
-                        } else {
-                            acc += v[at];
-                            y[at] = acc;
-                        }
+                        let next = if product { acc * v[at] } else { acc + v[at] };
+                        y[at] = if exclusive { acc } else { next };
+                        acc = next;
                     }
                 }
             }
@@ -454,16 +493,12 @@ pub(crate) fn cum_sum(
             let mut y = vec![0i128; v.len()];
             for a in 0..outer {
                 for i in 0..inner {
-                    let mut acc = 0i128;
+                    let mut acc: i128 = if product { 1 } else { 0 };
                     for &k in &order {
                         let at = (a * len + k) * inner + i;
-                        if exclusive {
-                            y[at] = acc;
-                            acc += v[at];
-                        } else {
-                            acc += v[at];
-                            y[at] = acc;
-                        }
+                        let next = o.dtype.wrap_int(if product { acc.wrapping_mul(v[at]) } else { acc + v[at] });
+                        y[at] = if exclusive { acc } else { next };
+                        acc = next;
                     }
                 }
             }

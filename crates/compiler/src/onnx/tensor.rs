@@ -62,18 +62,16 @@ pub fn tensor_from_proto(t: &TensorProto, base_dir: Option<&Path>) -> Result<Ten
             count(t.double_data.len(), "double_data")?;
             Data::Float(t.double_data.clone())
         }
-        // float16 and bfloat16 travel as their bit patterns in int32_data.
-        DataType::F16 | DataType::Bf16 => {
+        // float16, bfloat16 and fp8 travel as their bit patterns in int32_data.
+        DataType::F16 | DataType::Bf16 | DataType::F8E4M3 | DataType::F8E5M2 => {
             count(t.int32_data.len(), "int32_data")?;
             Data::Float(
                 t.int32_data
                     .iter()
-                    .map(|&b| {
-                        if dtype == DataType::F16 {
-                            half::f16::from_bits(b as u16).to_f64()
-                        } else {
-                            half::bf16::from_bits(b as u16).to_f64()
-                        }
+                    .map(|&b| match dtype {
+                        DataType::F16 => half::f16::from_bits(b as u16).to_f64(),
+                        DataType::Bf16 => half::bf16::from_bits(b as u16).to_f64(),
+                        _ => dtype.fp8_value(b as u8),
                     })
                     .collect(),
             )

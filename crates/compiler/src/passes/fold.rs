@@ -53,3 +53,42 @@ pub fn remove_dead_code(g: &mut Graph) -> usize {
     compact(g, &keep);
     removed
 }
+
+/// Removes `Identity` nodes (and reshapes to the same shape), pointing their readers at
+/// the input instead; an identity whose output is a graph output stays, so output
+/// names do not change. Returns how many were removed.
+pub fn remove_identities(g: &mut Graph) -> usize {
+    let mut keep = vec![true; g.nodes.len()];
+    let mut replace: Vec<Option<crate::graph::ValueId>> = vec![None; g.values.len()];
+    for (k, n) in g.nodes.iter().enumerate() {
+        let same_shape =
+            |i: crate::graph::ValueId, o: crate::graph::ValueId| g.values[i.0 as usize].ty == g.values[o.0 as usize].ty;
+        let is_identity = match &n.op {
+            crate::graph::Op::Identity => true,
+            crate::graph::Op::Reshape { .. } => same_shape(n.inputs[0], n.outputs[0]),
+            _ => false,
+        };
+        if !is_identity || n.outputs.len() != 1 || g.outputs.contains(&n.outputs[0]) {
+            continue;
+        }
+        // Chains resolve to the first real value.
+        let mut src = n.inputs[0];
+        while let Some(s) = replace[src.0 as usize] {
+            src = s;
+        }
+        replace[n.outputs[0].0 as usize] = Some(src);
+        keep[k] = false;
+    }
+    let removed = keep.iter().filter(|k| !**k).count();
+    if removed > 0 {
+        for n in &mut g.nodes {
+            for i in &mut n.inputs {
+                if let Some(s) = replace[i.0 as usize] {
+                    *i = s;
+                }
+            }
+        }
+        compact(g, &keep);
+    }
+    removed
+}

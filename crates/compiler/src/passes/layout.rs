@@ -35,12 +35,11 @@ pub fn choose_layouts(g: &mut Graph) -> usize {
             Op::Gemm { trans_a, trans_b, .. } => {
                 (vec![Some(if *trans_a { 0 } else { 1 }), Some(if *trans_b { 1 } else { 0 })], Some(0))
             }
-            Op::Conv(_)
-            | Op::ConvTranspose(_)
-            | Op::Pool(_)
-            | Op::GlobalPool(_)
-            | Op::BatchNorm { .. }
-            | Op::Lrn { .. } => (vec![Some(1)], Some(1)),
+            // Convolutions contract over input channels: X's axis 1 and the weight's
+            // axis 1 (Conv, M×C×k…) or 0 (ConvTranspose, C×M×k…).
+            Op::Conv(_) => (vec![Some(1), Some(1)], Some(1)),
+            Op::ConvTranspose(_) => (vec![Some(1), Some(0)], Some(1)),
+            Op::Pool(_) | Op::GlobalPool(_) | Op::BatchNorm { .. } | Op::Lrn { .. } => (vec![Some(1)], Some(1)),
             Op::Softmax { axis, .. }
             | Op::LpNorm { axis, .. }
             | Op::CumSum { axis, .. }
@@ -49,6 +48,11 @@ pub fn choose_layouts(g: &mut Graph) -> usize {
                 let r = rank(g, n.inputs[0]);
                 let a = other_axis(r, &[*axis]);
                 (vec![Some(a)], Some(a.min(out.map_or(0, |o| rank(g, o)).saturating_sub(1))))
+            }
+            Op::Attention(a) => {
+                // Sequence rows on partitions (the flash-attention kernel's layout).
+                let s = if a.packed { 1 } else { 2 };
+                (vec![Some(s), Some(s), Some(s)], Some(s))
             }
             Op::LayerNorm { axis, .. } | Op::RmsNorm { axis, .. } => {
                 let r = rank(g, n.inputs[0]);

@@ -1,5 +1,6 @@
-//! Graph passes: constant folding, dead-code removal, fusion of elementwise chains and
-//! of MatMul+Add(+activation), and the choice of each value's partition axis.
+//! Graph passes: constant folding, identity and dead-code removal, fusion of
+//! elementwise chains and of MatMul+Add(+activation), and the choice of each value's
+//! partition axis.
 //!
 //! Each pass rewrites a [`Graph`] in place, keeps the invariants [`Graph::verify`]
 //! checks, and returns how many rewrites it made. [`optimize`] runs them all in order
@@ -26,8 +27,8 @@ mod fold;
 mod fuse;
 mod layout;
 
-pub use fold::{fold_constants, remove_dead_code};
-pub use fuse::{fuse_elementwise, fuse_matmul};
+pub use fold::{fold_constants, remove_dead_code, remove_identities};
+pub use fuse::{fuse_conv, fuse_elementwise, fuse_matmul};
 pub use layout::choose_layouts;
 
 use crate::graph::{Graph, GraphError, NodeId, ValueId};
@@ -57,14 +58,16 @@ pub enum PassError {
     },
 }
 
-/// Runs every pass in order (fold, dead code, MatMul fusion, elementwise fusion, dead
-/// code, layouts), verifying the graph after each. Returns `(pass, rewrites)` pairs.
+/// Runs every pass in order (fold, identities, dead code, MatMul fusion, Conv
+/// fusion, elementwise fusion, dead code, layouts), verifying the graph after each. Returns `(pass, rewrites)` pairs.
 pub fn optimize(g: &mut Graph) -> Result<Vec<(&'static str, usize)>, PassError> {
     type PassFn = fn(&mut Graph) -> Result<usize, PassError>;
-    let pipeline: [(&'static str, PassFn); 6] = [
+    let pipeline: [(&'static str, PassFn); 8] = [
         ("fold-constants", fold_constants),
+        ("remove-identities", |g| Ok(remove_identities(g))),
         ("remove-dead-code", |g| Ok(remove_dead_code(g))),
         ("fuse-matmul", |g| Ok(fuse_matmul(g))),
+        ("fuse-conv", |g| Ok(fuse_conv(g))),
         ("fuse-elementwise", |g| Ok(fuse_elementwise(g))),
         ("remove-dead-code", |g| Ok(remove_dead_code(g))),
         ("choose-layouts", |g| Ok(choose_layouts(g))),

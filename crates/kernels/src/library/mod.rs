@@ -17,6 +17,7 @@ use crate::builder::{HbmTensor, KernelBuilder};
 use crate::error::BuildError;
 
 pub mod attention;
+pub mod cnn;
 pub mod collective;
 pub mod elementwise;
 pub mod matmul;
@@ -299,6 +300,7 @@ pub fn registry() -> Vec<Box<dyn Kernel>> {
     all.extend(norms::kernels());
     all.extend(attention::kernels());
     all.extend(misc::kernels());
+    all.extend(cnn::kernels());
     all.extend(collective::kernels());
     all
 }

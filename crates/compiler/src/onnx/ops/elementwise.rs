@@ -183,13 +183,13 @@ pub(super) fn where_(c: &Ctx) -> PResult<Parsed> {
 pub(super) fn cast(c: &Ctx) -> PResult<Parsed> {
     c.req(0, "input")?;
     let to = c.dtype_attr("to", c.int_req("to")?)?;
-    Ok(Parsed::op(Op::Cast(to), vec![0]))
+    Ok(Parsed::op(Op::Cast { to, saturate: c.flag("saturate", true)? }, vec![0]))
 }
 
 pub(super) fn cast_like(c: &Ctx) -> PResult<Parsed> {
     c.req(0, "input")?;
     let to = c.ty(1, "target_type")?.dtype;
-    Ok(Parsed::op(Op::Cast(to), vec![0]))
+    Ok(Parsed::op(Op::Cast { to, saturate: c.flag("saturate", true)? }, vec![0]))
 }
 
 pub(super) fn identity(c: &Ctx) -> PResult<Parsed> {

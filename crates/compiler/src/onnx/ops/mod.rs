@@ -2,9 +2,12 @@
 //! definition changed (from the ONNX operator changelog) and the parser that turns a
 //! node of any of those versions into an IR op. Each family lives in its own file.
 
+mod attention;
 mod elementwise;
+mod misc;
 mod nn;
 mod reduce;
+mod scatter;
 mod shape;
 
 use super::ctx::{Ctx, PResult, Parsed};
@@ -108,6 +111,7 @@ registry! {
     "LpPool" [1, 2, 11, 18, 22] => nn::lp_pool,
     "GlobalAveragePool" [1, 22] => nn::global_average_pool,
     "GlobalMaxPool" [1, 22] => nn::global_max_pool,
+    "GlobalLpPool" [1, 2, 22] => nn::global_lp_pool,
     "BatchNormalization" [1, 6, 7, 9, 14, 15] => nn::batch_norm,
     "LayerNormalization" [17] => nn::layer_norm,
     "InstanceNormalization" [1, 6, 22] => nn::instance_norm,
@@ -133,6 +137,7 @@ registry! {
     "ArgMax" [1, 11, 12, 13] => reduce::arg_max,
     "ArgMin" [1, 11, 12, 13] => reduce::arg_min,
     "CumSum" [11, 14] => reduce::cum_sum,
+    "CumProd" [26] => reduce::cum_prod,
     "TopK" [1, 10, 11, 24] => reduce::top_k,
     // shape.rs
     "Reshape" [1, 5, 13, 14, 19, 21, 23, 24, 25] => shape::reshape,
@@ -161,6 +166,25 @@ registry! {
     "SpaceToDepth" [1, 13] => shape::space_to_depth,
     "Trilu" [14] => shape::trilu,
     "OneHot" [9, 11] => shape::one_hot,
+    // attention.rs
+    "Attention" [23, 24] => attention::attention,
+    "RotaryEmbedding" [23] => attention::rotary_embedding,
+    // misc.rs
+    "QuantizeLinear" [10, 13, 19, 21, 23, 24, 25] => misc::quantize_linear,
+    "DequantizeLinear" [10, 13, 19, 21, 23, 24, 25] => misc::dequantize_linear,
+    "Einsum" [12] => misc::einsum,
+    "BitCast" [26] => misc::bit_cast,
+    "HannWindow" [17] => misc::hann_window,
+    "HammingWindow" [17] => misc::hamming_window,
+    "BlackmanWindow" [17] => misc::blackman_window,
+    // scatter.rs
+    "ScatterElements" [11, 13, 16, 18] => scatter::scatter_elements,
+    "Scatter" [9, 11] => scatter::scatter_elements,
+    "ScatterND" [11, 13, 16, 18] => scatter::scatter_nd,
+    "ReverseSequence" [10] => scatter::reverse_sequence,
+    "CenterCropPad" [18] => scatter::center_crop_pad,
+    "NegativeLogLikelihoodLoss" [12, 13, 22] => scatter::nll_loss,
+    "SoftmaxCrossEntropyLoss" [12, 13] => scatter::softmax_cross_entropy,
 }
 
 /// The op types the importer supports, sorted.

@@ -89,7 +89,7 @@ pub(super) fn conv(c: &Ctx) -> PResult<Parsed> {
     if group < 1 {
         return Err(c.attr_err("group", format!("must be ≥ 1, got {group}")));
     }
-    let op = Op::Conv(Conv { window: window(c, spatial, kernel, true)?, group: group as usize });
+    let op = Op::Conv(Conv { window: window(c, spatial, kernel, true)?, group: group as usize, activation: None });
     Ok(Parsed::op(op, if c.opt(2).is_some() { vec![0, 1, 2] } else { vec![0, 1] }))
 }
 
@@ -157,10 +157,13 @@ fn pool(c: &Ctx, kind: PoolKind, dilations: bool) -> PResult<Parsed> {
     }
     let kernel = per_axis(c, "kernel_shape", spatial.len(), 1, 1)?;
     let with_indices = c.node.output.get(1).is_some_and(|o| !o.is_empty());
-    if with_indices && c.int("storage_order", 0)? != 0 {
-        return Err(c.unsupported("MaxPool indices in column-major storage_order"));
-    }
+    let column_major = match c.int("storage_order", 0)? {
+        0 => false,
+        1 => true,
+        v => return Err(c.attr_err("storage_order", format!("must be 0 or 1, got {v}"))),
+    };
     let op = Op::Pool(Pool {
+        column_major,
         kind,
         window: window(c, spatial, kernel, dilations)?,
         ceil_mode: c.flag("ceil_mode", false)?,
@@ -187,6 +190,12 @@ pub(super) fn global_average_pool(c: &Ctx) -> PResult<Parsed> {
     Ok(Parsed::op(Op::GlobalPool(PoolKind::Average { count_include_pad: false }), vec![0]))
 }
 
+pub(super) fn global_lp_pool(c: &Ctx) -> PResult<Parsed> {
+    c.req(0, "X")?;
+    let p = if c.version >= 2 { c.int("p", 2)? as f64 } else { c.float("p", 2.0)? };
+    Ok(Parsed::op(Op::GlobalPool(PoolKind::Lp(p)), vec![0]))
+}
+
 pub(super) fn global_max_pool(c: &Ctx) -> PResult<Parsed> {
     c.req(0, "X")?;
     Ok(Parsed::op(Op::GlobalPool(PoolKind::Max), vec![0]))
@@ -196,16 +205,16 @@ pub(super) fn batch_norm(c: &Ctx) -> PResult<Parsed> {
     for (i, what) in ["X", "scale", "B", "input_mean", "input_var"].iter().enumerate() {
         c.req(i, what)?;
     }
-    if c.version >= 14 && c.flag("training_mode", false)? {
-        return Err(c.unsupported("training-mode BatchNormalization"));
-    }
     if c.version < 9 && !c.flag("spatial", true)? {
         return Err(c.unsupported("BatchNormalization with spatial = 0"));
     }
-    if c.node.output.iter().skip(1).any(|o| !o.is_empty()) {
-        return Err(c.unsupported("BatchNormalization training outputs (running statistics)"));
+    let training = c.version >= 14 && c.flag("training_mode", false)?;
+    let extra_outputs = c.node.output.iter().skip(1).any(|o| !o.is_empty());
+    if extra_outputs && !training {
+        return Err(c.unsupported("BatchNormalization statistics outputs before opset 14 (training mode)"));
     }
-    Ok(Parsed::op(Op::BatchNorm { epsilon: c.float("epsilon", 1e-5)? }, vec![0, 1, 2, 3, 4]))
+    let momentum = training.then(|| c.float("momentum", 0.9)).transpose()?;
+    Ok(Parsed::op(Op::BatchNorm { epsilon: c.float("epsilon", 1e-5)?, momentum }, vec![0, 1, 2, 3, 4]))
 }
 
 fn stash(c: &Ctx) -> PResult<DataType> {

@@ -79,12 +79,20 @@ pub(super) fn arg_min(c: &Ctx) -> PResult<Parsed> {
 }
 
 pub(super) fn cum_sum(c: &Ctx) -> PResult<Parsed> {
+    cumulative(c, false)
+}
+
+pub(super) fn cum_prod(c: &Ctx) -> PResult<Parsed> {
+    cumulative(c, true)
+}
+
+fn cumulative(c: &Ctx, product: bool) -> PResult<Parsed> {
     let x = c.ty(0, "x")?;
     c.req(1, "axis")?;
     let axis = c.ints_input(1)?.unwrap_or_default();
     let [axis] = axis[..] else { return Err(c.type_err(format!("axis must hold one value, got {axis:?}"))) };
     let axis = c.axis("axis", axis, x.rank())?;
-    let op = Op::CumSum { axis, exclusive: c.flag("exclusive", false)?, reverse: c.flag("reverse", false)? };
+    let op = Op::CumSum { product, axis, exclusive: c.flag("exclusive", false)?, reverse: c.flag("reverse", false)? };
     Ok(Parsed::op(op, vec![0]))
 }
 

@@ -266,7 +266,9 @@ pub(super) fn constant_of_shape(c: &Ctx) -> PResult<Parsed> {
     if value.len() != 1 {
         return Err(c.attr_err("value", format!("must hold one element, got {value:?}")));
     }
-    let n = crate::graph::checked_numel(&shape).ok_or_else(|| c.type_err(format!("shape {shape:?} too large")))?;
+    let n = crate::graph::checked_numel(&shape)
+        .filter(|&n| n <= crate::graph::infer::MAX_ELEMENTS)
+        .ok_or_else(|| c.type_err(format!("shape {shape:?} too large")))?;
     let t = match value.data() {
         crate::graph::Data::Float(v) => Tensor::from_f64(value.dtype(), shape, vec![v[0]; n]),
         crate::graph::Data::Int(v) => Tensor::from_i128(value.dtype(), shape, vec![v[0]; n]),

@@ -1,0 +1,704 @@
+//! Convolutional-network ops: Conv (with BatchNorm, bias, residual add and activation
+//! fused), ConvTranspose, pooling, BatchNorm / InstanceNorm / GroupNorm, LRN.
+
+use trainyard_arch::DType;
+use trainyard_isa::{ActFn, AluOp};
+use trainyard_kernels::library::cnn::{ConvGeometry, ConvPacking, Window2d};
+use trainyard_kernels::library::KernelArgs;
+use trainyard_kernels::{BuildError, HbmTensor};
+
+use super::elementwise::{Arg, Elementwise, EwProgram};
+use super::emit::{Cx, Emitter, Io, Step};
+use super::movement::fill;
+use super::plan::{step, Planner};
+use super::{unsupported, LowerError};
+use crate::graph::{Binary, FusedArg, FusedStep, Node, Op, PoolKind, Tensor, Unary, ValueId, Window};
+
+/// The `Window2d` of a 1-D or 2-D graph window (1-D: one row).
+fn window2d(node: &Node, w: &Window) -> Result<Window2d, LowerError> {
+    match w.kernel.len() {
+        2 => Ok(Window2d {
+            kernel: [w.kernel[0], w.kernel[1]],
+            stride: [w.strides[0], w.strides[1]],
+            dilation: [w.dilations[0], w.dilations[1]],
+            pads: [w.pads[0].0, w.pads[1].0, w.pads[0].1, w.pads[1].1],
+        }),
+        1 => Ok(Window2d {
+            kernel: [1, w.kernel[0]],
+            stride: [1, w.strides[0]],
+            dilation: [1, w.dilations[0]],
+            pads: [0, w.pads[0].0, 0, w.pads[0].1],
+        }),
+        n => Err(unsupported(node, format!("{n}-D windows: the device lowers 1-D and 2-D ones"))),
+    }
+}
+
+/// `[N, C, H, W]` of an NCHW or NCW shape.
+fn nchw(shape: &[usize]) -> [usize; 4] {
+    match shape {
+        [n, c, w] => [*n, *c, 1, *w],
+        [n, c, h, w, ..] => [*n, *c, *h, *w],
+        _ => [1, 1, 1, 1],
+    }
+}
+
+/// Per-channel epilogue state of a convolution being fused.
+struct Epilogue {
+    /// Per output channel: weights are multiplied by `scale`, then `shift` is added.
+    scale: Vec<f64>,
+    shift: Vec<f64>,
+    /// A bias exists (given or folded).
+    bias: bool,
+    /// The bias is known at compile time (so more may be folded into it).
+    const_bias: bool,
+    residual: Option<ValueId>,
+    act: Option<ActFn>,
+    clip: Option<(f64, f64)>,
+}
+
+impl Epilogue {
+    /// Applies an activation-like unary after what is already fused, if it can.
+    fn unary(&mut self, u: &Unary) -> bool {
+        let act = match u {
+            Unary::Relu => ActFn::Relu,
+            Unary::Sigmoid => ActFn::Sigmoid,
+            Unary::Tanh => ActFn::Tanh,
+            Unary::Clip { min, max } if self.clip.is_none() => {
+                self.clip = Some((*min, *max));
+                return true;
+            }
+            _ => return false,
+        };
+        if self.act.is_some() || self.clip.is_some() {
+            return false;
+        }
+        self.act = Some(act);
+        true
+    }
+}
+
+/// The values of constant `v` when it holds one value per channel (axis 1) of a
+/// rank-`rank` tensor with `m` channels, or one value for all.
+fn per_channel(p: &Planner, v: ValueId, m: usize, rank: usize) -> Option<Vec<f64>> {
+    let t = p.constant(v)?;
+    if t.len() == 1 {
+        return Some(vec![t.to_f64_vec()[0]; m]);
+    }
+    let s = t.shape();
+    if t.len() != m || s.len() > rank {
+        return None;
+    }
+    let aligned = rank - s.len();
+    s.iter().enumerate().all(|(i, &d)| if aligned + i == 1 { d == m } else { d == 1 }).then(|| t.to_f64_vec())
+}
+
+/// Matches an elementwise reader of `cur`: an optional `Add` of another value, then
+/// unaries. Returns (the other addend, the unaries).
+fn epilogue_ops(node: &Node, cur: ValueId) -> Option<(Option<ValueId>, Vec<Unary>)> {
+    let other = |a: &ValueId, b: &ValueId| {
+        if *a == cur {
+            Some(*b)
+        } else if *b == cur {
+            Some(*a)
+        } else {
+            None
+        }
+    };
+    match &node.op {
+        Op::Unary(u) if node.inputs.first() == Some(&cur) => Some((None, vec![u.clone()])),
+        Op::Binary(Binary::Add) if node.inputs.len() == 2 && node.inputs[0] != node.inputs[1] => {
+            Some((Some(other(&node.inputs[0], &node.inputs[1])?), vec![]))
+        }
+        Op::FusedElementwise(steps) => {
+            let input = |a: &FusedArg| match a {
+                FusedArg::Input(i) => node.inputs.get(*i).copied(),
+                FusedArg::Step(_) => None,
+            };
+            let mut it = steps.iter().enumerate();
+            let mut addend = None;
+            let mut unaries = Vec::new();
+            let mut prev: Option<usize> = None;
+            if let Some(FusedStep::Binary(Binary::Add, a, b, _)) = steps.first() {
+                let (a, b) = (input(a)?, input(b)?);
+                if a == b {
+                    return None;
+                }
+                addend = Some(other(&a, &b)?);
+                it.next();
+                prev = Some(0);
+            }
+            for (i, s) in it {
+                match s {
+                    FusedStep::Unary(u, FusedArg::Step(j), _) if Some(*j) == prev => unaries.push(u.clone()),
+                    FusedStep::Unary(u, a, _) if prev.is_none() && input(a) == Some(cur) => unaries.push(u.clone()),
+                    _ => return None,
+                }
+                prev = Some(i);
+            }
+            Some((addend, unaries))
+        }
+        _ => None,
+    }
+}
+
+/// `Conv`, with the BatchNormalization, per-channel Add, residual Add and activation
+/// that follow it (each the only reader of the value before) fused.
+pub fn conv(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError> {
+    let Op::Conv(c) = &node.op else { return Err(unsupported(node, "not a convolution")) };
+    let (x, w) = match node.inputs.as_slice() {
+        [x, w, ..] => (*x, *w),
+        _ => return Err(unsupported(node, "needs X and W")),
+    };
+    if !p.dtype_of(x).is_float() {
+        return Err(unsupported(node, "integer convolutions"));
+    }
+    let xs = p.shape(x);
+    if !(3..=4).contains(&xs.len()) {
+        return Err(unsupported(node, format!("{}-D convolutions: the device lowers 1-D and 2-D ones", xs.len() - 2)));
+    }
+    let window = window2d(node, &c.window)?;
+    let wt =
+        p.constant(w).ok_or_else(|| unsupported(node, "the weights W must be constants (known when compiling)"))?;
+    let m = wt.shape().first().copied().unwrap_or(0);
+    let [n, ch, h, wd] = nchw(&xs);
+    let g = ConvGeometry { n, c: ch, h, w: wd, m, groups: c.group, window };
+    let mut ep = Epilogue {
+        scale: vec![1.0; m],
+        shift: vec![0.0; m],
+        bias: false,
+        const_bias: true,
+        residual: None,
+        act: None,
+        clip: None,
+    };
+    let mut runtime_bias = None;
+    if let Some(&b) = node.inputs.get(2) {
+        ep.bias = true;
+        match p.constant(b) {
+            Some(t) => ep.shift = t.to_f64_vec(),
+            None => {
+                ep.const_bias = false;
+                runtime_bias = Some(b);
+            }
+        }
+    }
+    let mut cur = node.outputs[0];
+    let mut types = vec![node.op_type.clone()];
+    while let Some(r) = p.sole_reader(cur) {
+        let rn = p.g.nodes[r].clone();
+        let rank = p.shape(cur).len();
+        let fused = match &rn.op {
+            Op::BatchNorm { epsilon, momentum: None }
+                if rn.inputs.first() == Some(&cur)
+                    && ep.const_bias
+                    && ep.residual.is_none()
+                    && ep.act.is_none()
+                    && ep.clip.is_none() =>
+            {
+                let params: Option<Vec<Vec<f64>>> = rn.inputs[1..]
+                    .iter()
+                    .map(|&v| p.constant(v).filter(|t| t.len() == m).map(|t| t.to_f64_vec()))
+                    .collect();
+                match params.as_deref() {
+                    Some([gamma, beta, mean, var]) => {
+                        for i in 0..m {
+                            let s = gamma[i] / (var[i] + epsilon).sqrt();
+                            ep.scale[i] *= s;
+                            ep.shift[i] = (ep.shift[i] - mean[i]) * s + beta[i];
+                        }
+                        ep.bias = true;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => match epilogue_ops(&rn, cur) {
+                Some((addend, unaries)) if ep.act.is_none() && ep.clip.is_none() => {
+                    let mut trial = Epilogue { scale: vec![], shift: ep.shift.clone(), ..ep };
+                    let mut ok = true;
+                    if let Some(a) = addend {
+                        if let Some(v) = per_channel(p, a, m, rank).filter(|_| trial.const_bias) {
+                            for (s, x) in trial.shift.iter_mut().zip(v) {
+                                *s += x;
+                            }
+                            trial.bias = true;
+                        } else if trial.residual.is_none()
+                            && p.shape(a) == p.shape(cur)
+                            && p.ready_before(a, k)
+                            && p.constant(a).is_none()
+                            && p.dtype_of(a) == p.dtype_of(cur)
+                        {
+                            trial.residual = Some(a);
+                        } else {
+                            ok = false;
+                        }
+                    }
+                    for u in &unaries {
+                        ok = ok && trial.unary(u);
+                    }
+                    let scale = std::mem::take(&mut ep.scale);
+                    if ok {
+                        ep = Epilogue { scale, ..trial };
+                    } else {
+                        ep.scale = scale;
+                    }
+                    ok
+                }
+                _ => false,
+            },
+        };
+        if !fused {
+            break;
+        }
+        p.consumed[r] = true;
+        types.push(rn.op_type.clone());
+        cur = rn.outputs[0];
+    }
+    // Weights with the batch norm's scale folded in, packed for the device.
+    let taps = window.kernel[0] * window.kernel[1];
+    let mut onnx = wt.to_f64_vec();
+    let per_m = onnx.len() / m.max(1);
+    for (i, v) in onnx.iter_mut().enumerate() {
+        *v *= ep.scale[i / per_m.max(1)];
+    }
+    if per_m != (ch / c.group.max(1)) * taps {
+        return Err(unsupported(node, format!("weights {:?} do not match the input's {ch} channels", wt.shape())));
+    }
+    let pack = ConvPacking::new(&g, 128);
+    let packed = pack.pack(&g, &onnx).map_err(|e| unsupported(node, e))?;
+    let wdt = wt.dtype();
+    let wp = p.add_constant(
+        &format!("{}.w", node.name),
+        Tensor::from_f64(wdt, vec![packed.len()], packed).map_err(|e| unsupported(node, e))?,
+    );
+    let mut inputs = vec![x, wp];
+    if let Some(b) = runtime_bias {
+        inputs.push(b);
+    } else if ep.bias {
+        let b = Tensor::from_f64(wdt, vec![m], ep.shift.clone()).map_err(|e| unsupported(node, e))?;
+        inputs.push(p.add_constant(&format!("{}.b", node.name), b));
+    }
+    if let Some(r) = ep.residual {
+        inputs.push(r);
+    }
+    let e = ConvStep {
+        window,
+        groups: c.group,
+        m,
+        act: ep.act.unwrap_or(ActFn::Identity),
+        clip: ep.clip,
+        bias: ep.bias,
+        residual: ep.residual.is_some(),
+        upsample: None,
+    };
+    Ok(step(node, &types.join("+"), inputs, vec![cur], e))
+}
+
+/// A convolution step; `upsample`: the input is first spread over a zero tensor with
+/// these strides (a transposed convolution, the temporary of [`Emitter::temps`]).
+struct ConvStep {
+    window: Window2d,
+    groups: usize,
+    m: usize,
+    act: ActFn,
+    clip: Option<(f64, f64)>,
+    bias: bool,
+    residual: bool,
+    upsample: Option<UpSample>,
+}
+
+/// Zero-insertion of a transposed convolution.
+#[derive(Clone, Copy)]
+struct UpSample {
+    stride: [usize; 2],
+    /// `[N, C, Hu, Wu]` of the full batch.
+    shape: [usize; 4],
+    dtype: DType,
+}
+
+impl ConvStep {
+    fn args(&self, x: [usize; 4], dtype: DType) -> KernelArgs {
+        let [n, c, h, w] = x;
+        let mut a = KernelArgs::new(&[n, c, h, w, self.m, self.window.kernel[0], self.window.kernel[1]], dtype)
+            .with("groups", &self.groups.to_string())
+            .with("bias", &self.bias.to_string())
+            .with("residual", &self.residual.to_string())
+            .with("act", self.act.name());
+        if let Some((lo, hi)) = self.clip {
+            a = a.with("clip", &format!("{lo},{hi}"));
+        }
+        self.window.with_options(a)
+    }
+}
+
+impl Emitter for ConvStep {
+    fn kernels(&self) -> String {
+        if self.upsample.is_some() {
+            "dma_copy+conv2d".into()
+        } else {
+            "conv2d".into()
+        }
+    }
+
+    fn temps(&self) -> Vec<(Vec<usize>, DType)> {
+        self.upsample.iter().map(|u| (u.shape.to_vec(), u.dtype)).collect()
+    }
+
+    fn batch_separable(&self, batched: &[bool], _shapes: &[Vec<usize>], _out: &[usize]) -> bool {
+        let res_ok = !self.residual || batched.last() == Some(&true);
+        batched.first() == Some(&true) && batched.get(1) != Some(&true) && res_ok
+    }
+
+    fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError> {
+        let (x, y) = (io.input(0)?, io.output(0)?);
+        let mut x4 = x.reshaped(&nchw(x.shape()))?;
+        if let Some(u) = &self.upsample {
+            let [n, c, h, w] = nchw(x.shape());
+            let (hu, wu) = ((h - 1) * u.stride[0] + 1, (w - 1) * u.stride[1] + 1);
+            let up = super::emit::fit(io.temp(0)?, &[n, c, hu, wu])?;
+            fill(cx, &up, 0.0)?;
+            for i in 0..n {
+                let dst = up.view().at(0, i).slice_step(1, 0..hu, u.stride[0]).slice_step(2, 0..wu, u.stride[1]);
+                cx.kb.dma(dst, x4.view().at(0, i))?;
+            }
+            x4 = up;
+        }
+        let shape = [x4.shape()[0], x4.shape()[1], x4.shape()[2], x4.shape()[3]];
+        let y4 = y.reshaped(&nchw(y.shape()))?;
+        let w = io.input(1)?;
+        let mut bind: Vec<(&str, HbmTensor)> = vec![("x", x4.clone()), ("w", w.clone())];
+        let mut next = 2;
+        if self.bias {
+            bind.push(("bias", io.input(next)?.reshaped(&[self.m])?));
+            next += 1;
+        }
+        if self.residual {
+            bind.push(("r", io.input(next)?.reshaped(y4.shape())?));
+        }
+        bind.push(("y", y4));
+        let refs: Vec<(&str, &HbmTensor)> = bind.iter().map(|(k, t)| (*k, t)).collect();
+        cx.library("conv2d", self.args(shape, x.dtype()), &refs)
+    }
+}
+
+/// `ConvTranspose` as a convolution of the input spread with zeros (stride − 1 zeros
+/// between elements) by the flipped, channel-swapped kernel.
+pub fn conv_transpose(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
+    let Op::ConvTranspose(ct) = &node.op else { return Err(unsupported(node, "not a transposed convolution")) };
+    let (x, w) = match node.inputs.as_slice() {
+        [x, w, ..] => (*x, *w),
+        _ => return Err(unsupported(node, "needs X and W")),
+    };
+    let xs = p.shape(x);
+    if !(3..=4).contains(&xs.len()) || !p.dtype_of(x).is_float() {
+        return Err(unsupported(node, "only 1-D and 2-D float transposed convolutions"));
+    }
+    let wt =
+        p.constant(w).ok_or_else(|| unsupported(node, "the weights W must be constants (known when compiling)"))?;
+    let win = window2d(node, &ct.window)?;
+    let g = ct.group.max(1);
+    let [n, c, h, wd] = nchw(&xs);
+    let mg = wt.shape().get(1).copied().unwrap_or(0);
+    let (m, cg) = (mg * g, c / g);
+    let (kh, kw) = (win.kernel[0], win.kernel[1]);
+    let op: [usize; 2] = match ct.output_padding.as_slice() {
+        [] => [0, 0],
+        [a] => [0, *a],
+        [a, b, ..] => [*a, *b],
+    };
+    let reach = |a: usize| win.dilation[a] * (win.kernel[a] - 1);
+    let pad = |a: usize, begin: usize, extra: usize| -> Result<usize, LowerError> {
+        (reach(a) + extra)
+            .checked_sub(begin)
+            .ok_or_else(|| unsupported(node, format!("padding {begin} beyond the kernel's reach {}", reach(a))))
+    };
+    let conv_win = Window2d {
+        kernel: win.kernel,
+        stride: [1, 1],
+        dilation: win.dilation,
+        pads: [
+            pad(0, win.pads[0], 0)?,
+            pad(1, win.pads[1], 0)?,
+            pad(0, win.pads[2], op[0])?,
+            pad(1, win.pads[3], op[1])?,
+        ],
+    };
+    // W'[m, c, i, j] = W[c, m, kh−1−i, kw−1−j] within each group.
+    let src = wt.to_f64_vec();
+    let mut conv_w = vec![0.0; m * cg * kh * kw];
+    for gi in 0..g {
+        for ml in 0..mg {
+            for cl in 0..cg {
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let from = (((gi * cg + cl) * mg + ml) * kh + (kh - 1 - i)) * kw + (kw - 1 - j);
+                        conv_w[(((gi * mg + ml) * cg + cl) * kh + i) * kw + j] = src[from];
+                    }
+                }
+            }
+        }
+    }
+    let (hu, wu) = ((h - 1) * win.stride[0] + 1, (wd - 1) * win.stride[1] + 1);
+    let geom = ConvGeometry { n, c, h: hu, w: wu, m, groups: g, window: conv_win };
+    let pack = ConvPacking::new(&geom, 128);
+    let packed = pack.pack(&geom, &conv_w).map_err(|e| unsupported(node, e))?;
+    let wp = p.add_constant(
+        &format!("{}.w", node.name),
+        Tensor::from_f64(wt.dtype(), vec![packed.len()], packed).map_err(|e| unsupported(node, e))?,
+    );
+    let mut inputs = vec![x, wp];
+    if let Some(&b) = node.inputs.get(2) {
+        inputs.push(b);
+    }
+    let upsample =
+        (win.stride != [1, 1]).then_some(UpSample { stride: win.stride, shape: [n, c, hu, wu], dtype: p.dev(x) });
+    let e = ConvStep {
+        window: conv_win,
+        groups: g,
+        m,
+        act: ActFn::Identity,
+        clip: None,
+        bias: node.inputs.len() > 2,
+        residual: false,
+        upsample,
+    };
+    Ok(step(node, &node.op_type.clone(), inputs, node.outputs.clone(), e))
+}
+
+/// Windowed and global pooling.
+pub fn pool(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
+    let x = node.inputs[0];
+    if !p.dtype_of(x).is_float() {
+        return Err(unsupported(node, "integer pooling"));
+    }
+    match &node.op {
+        Op::Pool(pl) => {
+            if pl.with_indices && node.outputs.len() > 1 && p.g.use_counts()[node.outputs[1].0 as usize] > 0 {
+                return Err(unsupported(node, "MaxPool's indices output"));
+            }
+            let kind = match pl.kind {
+                PoolKind::Max => "max",
+                PoolKind::Average { .. } => "avg",
+                PoolKind::Lp(_) => return Err(unsupported(node, "Lp pooling")),
+            };
+            let include = matches!(pl.kind, PoolKind::Average { count_include_pad: true });
+            if !(3..=4).contains(&p.shape(x).len()) {
+                return Err(unsupported(node, "only 1-D and 2-D pooling"));
+            }
+            let e = PoolStep { kind, window: window2d(node, &pl.window)?, ceil: pl.ceil_mode, include_pad: include };
+            Ok(step(node, &node.op_type.clone(), vec![x], vec![node.outputs[0]], e))
+        }
+        Op::GlobalPool(kind) => {
+            let op = match kind {
+                PoolKind::Max => "max",
+                PoolKind::Average { .. } => "mean",
+                PoolKind::Lp(_) => return Err(unsupported(node, "global Lp pooling")),
+            };
+            Ok(step(node, &node.op_type.clone(), vec![x], node.outputs.clone(), GlobalPoolStep { op }))
+        }
+        _ => Err(unsupported(node, "not a pooling op")),
+    }
+}
+
+struct PoolStep {
+    kind: &'static str,
+    window: Window2d,
+    ceil: bool,
+    include_pad: bool,
+}
+
+impl Emitter for PoolStep {
+    fn kernels(&self) -> String {
+        "pool2d".into()
+    }
+    fn batch_separable(&self, batched: &[bool], _: &[Vec<usize>], _: &[usize]) -> bool {
+        batched.first() == Some(&true)
+    }
+    fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError> {
+        let (x, y) = (io.input(0)?, io.output(0)?);
+        let s = nchw(x.shape());
+        let k = self.window.kernel;
+        let args = KernelArgs::new(&s, x.dtype())
+            .with("kind", self.kind)
+            .with("kernel", &format!("{},{}", k[0], k[1]))
+            .with("ceil_mode", &self.ceil.to_string())
+            .with("count_include_pad", &self.include_pad.to_string());
+        let (x4, y4) = (x.reshaped(&s)?, y.reshaped(&nchw(y.shape()))?);
+        cx.library("pool2d", self.window.with_options(args), &[("x", &x4), ("y", &y4)])
+    }
+}
+
+struct GlobalPoolStep {
+    op: &'static str,
+}
+
+impl Emitter for GlobalPoolStep {
+    fn kernels(&self) -> String {
+        "reduce".into()
+    }
+    fn batch_separable(&self, batched: &[bool], _: &[Vec<usize>], _: &[usize]) -> bool {
+        batched.first() == Some(&true)
+    }
+    fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError> {
+        let (x, y) = (io.input(0)?, io.output(0)?);
+        let s = x.shape();
+        let planes = s[0] * s.get(1).copied().unwrap_or(1);
+        let spatial: usize = s.iter().skip(2).product();
+        let args = KernelArgs::new(&[planes, spatial], x.dtype()).with("axis", "1").with("op", self.op);
+        cx.library("reduce", args, &[("x", &x.reshaped(&[planes, spatial])?), ("y", &y.reshaped(&[planes])?)])
+    }
+}
+
+/// BatchNormalization (inference), InstanceNormalization, GroupNormalization.
+pub fn norm(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
+    let x = node.inputs[0];
+    let xs = p.shape(x);
+    if xs.len() < 2 || !p.dtype_of(x).is_float() {
+        return Err(unsupported(node, "needs a float N×C×... input"));
+    }
+    let c = xs[1];
+    let channel_shape: Vec<usize> = std::iter::once(c).chain(std::iter::repeat_n(1, xs.len() - 2)).collect();
+    match &node.op {
+        Op::BatchNorm { momentum: Some(_), .. } => Err(unsupported(node, "training-mode batch normalization")),
+        Op::BatchNorm { epsilon, momentum: None } => {
+            let params: Option<Vec<Vec<f64>>> = node.inputs[1..]
+                .iter()
+                .map(|&v| p.constant(v).filter(|t| t.len() == c).map(|t| t.to_f64_vec()))
+                .collect();
+            let Some([gamma, beta, mean, var]) = params.as_deref() else {
+                return Err(unsupported(
+                    node,
+                    "scale, bias, mean and variance must be constants with one value per channel",
+                ));
+            };
+            let s: Vec<f64> = (0..c).map(|i| gamma[i] / (var[i] + epsilon).sqrt()).collect();
+            let t: Vec<f64> = (0..c).map(|i| beta[i] - mean[i] * s[i]).collect();
+            let dt = p.dtype_of(x);
+            let sv = p.add_constant(
+                &format!("{}.scale", node.name),
+                Tensor::from_f64(dt, channel_shape.clone(), s).map_err(|e| unsupported(node, e))?,
+            );
+            let tv = p.add_constant(
+                &format!("{}.shift", node.name),
+                Tensor::from_f64(dt, channel_shape, t).map_err(|e| unsupported(node, e))?,
+            );
+            let mut prog = EwProgram::new(Arg::In(0));
+            let y = prog.alu(AluOp::Mul, Arg::In(0), Arg::In(1));
+            prog.result = prog.alu(AluOp::Add, y, Arg::In(2));
+            Ok(step(node, &node.op_type.clone(), vec![x, sv, tv], vec![node.outputs[0]], Elementwise::new(prog)))
+        }
+        Op::InstanceNorm { epsilon } | Op::GroupNorm { epsilon, .. } => {
+            let groups = match node.op {
+                Op::GroupNorm { groups, .. } => groups,
+                _ => c,
+            };
+            if groups == 0 || !c.is_multiple_of(groups) {
+                return Err(unsupported(node, format!("{groups} groups do not divide {c} channels")));
+            }
+            let spatial: usize = xs[2..].iter().product();
+            let cols = c / groups * spatial;
+            let dt = p.dtype_of(x);
+            let ones = p.add_constant(
+                "ones",
+                Tensor::from_f64(dt, vec![cols], vec![1.0; cols]).map_err(|e| unsupported(node, e))?,
+            );
+            let zeros = p.add_constant("zeros", Tensor::zeros(dt, vec![cols]));
+            let (scale, bias) = (node.inputs[1], node.inputs[2]);
+            if p.g.value(scale).ty.numel() != c || p.g.value(bias).ty.numel() != c {
+                return Err(unsupported(node, "scale and bias must have one value per channel"));
+            }
+            let e = ChannelNorm { epsilon: *epsilon, dtype: p.dev(x), shape: xs.clone() };
+            Ok(step(node, &node.op_type.clone(), vec![x, ones, zeros, scale, bias], vec![node.outputs[0]], e))
+        }
+        _ => Err(unsupported(node, "not a normalization")),
+    }
+}
+
+/// Normalization over channel groups × positions (`layernorm` with unit gamma), then a
+/// per-channel scale and shift.
+struct ChannelNorm {
+    epsilon: f64,
+    dtype: DType,
+    shape: Vec<usize>,
+}
+
+impl Emitter for ChannelNorm {
+    fn kernels(&self) -> String {
+        "layernorm+elementwise".into()
+    }
+    fn temps(&self) -> Vec<(Vec<usize>, DType)> {
+        vec![(self.shape.clone(), self.dtype)]
+    }
+    fn batch_separable(&self, batched: &[bool], _: &[Vec<usize>], _: &[usize]) -> bool {
+        batched.first() == Some(&true) && !batched[1..].iter().any(|&b| b)
+    }
+    fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError> {
+        let (x, y) = (io.input(0)?, io.output(0)?);
+        let s = x.shape().to_vec();
+        let c = s[1];
+        let cols = io.input(1)?.shape()[0];
+        let rows = s.iter().product::<usize>() / cols;
+        let t = super::emit::fit(io.temp(0)?, &s)?;
+        let args = KernelArgs::new(&[rows, cols], x.dtype()).with("eps", &format!("{}", self.epsilon));
+        cx.library(
+            "layernorm",
+            args,
+            &[
+                ("x", &x.reshaped(&[rows, cols])?),
+                ("gamma", io.input(1)?),
+                ("beta", io.input(2)?),
+                ("y", &t.reshaped(&[rows, cols])?),
+            ],
+        )?;
+        let per_channel: Vec<usize> = std::iter::once(c).chain(std::iter::repeat_n(1, s.len() - 2)).collect();
+        let mut prog = EwProgram::new(Arg::In(0));
+        let v = prog.alu(AluOp::Mul, Arg::In(0), Arg::In(1));
+        prog.result = prog.alu(AluOp::Add, v, Arg::In(2));
+        let pass = Io {
+            inputs: vec![t, io.input(3)?.reshaped(&per_channel)?, io.input(4)?.reshaped(&per_channel)?],
+            outputs: vec![y.clone()],
+            temps: vec![],
+        };
+        Elementwise::new(prog).emit(cx, &pass)
+    }
+}
+
+/// Local response normalization.
+pub fn lrn(p: &mut Planner, node: &Node) -> Result<Step, LowerError> {
+    let Op::Lrn { size, alpha, beta, bias } = node.op else { return Err(unsupported(node, "not LRN")) };
+    let x = node.inputs[0];
+    if p.shape(x).len() < 2 || !p.dtype_of(x).is_float() {
+        return Err(unsupported(node, "needs a float N×C×... input"));
+    }
+    if bias <= 0.0 {
+        return Err(unsupported(node, "bias must be positive (the device takes its logarithm)"));
+    }
+    Ok(step(node, &node.op_type.clone(), vec![x], vec![node.outputs[0]], LrnStep { size, alpha, beta, bias }))
+}
+
+struct LrnStep {
+    size: usize,
+    alpha: f64,
+    beta: f64,
+    bias: f64,
+}
+
+impl Emitter for LrnStep {
+    fn kernels(&self) -> String {
+        "lrn".into()
+    }
+    fn batch_separable(&self, batched: &[bool], _: &[Vec<usize>], _: &[usize]) -> bool {
+        batched.first() == Some(&true)
+    }
+    fn emit(&self, cx: &mut Cx, io: &Io) -> Result<(), BuildError> {
+        let (x, y) = (io.input(0)?, io.output(0)?);
+        let s = x.shape();
+        let shape = [s[0], s[1], s[2..].iter().product()];
+        let args = KernelArgs::new(&shape, x.dtype())
+            .with("size", &self.size.to_string())
+            .with("alpha", &format!("{}", self.alpha))
+            .with("beta", &format!("{}", self.beta))
+            .with("bias", &format!("{}", self.bias));
+        cx.library("lrn", args, &[("x", &x.reshaped(&shape)?), ("y", &y.reshaped(&shape)?)])
+    }
+}
