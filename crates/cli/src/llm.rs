@@ -54,7 +54,7 @@ pub struct LlmArgs {
     /// Time only, with synthetic weights (no values): for real model sizes.
     #[arg(long)]
     timed_only: bool,
-    /// Write a Perfetto trace of the simulated steps.
+    /// Write a Perfetto trace of the simulated steps (timed-only: prefill and decode; functional: every step).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
     /// Print one JSON object.
@@ -324,7 +324,7 @@ fn functional(args: &LlmArgs, cfg: LlmConfig, chip: ChipSpec, tp: TpChoice) -> R
     };
     let plan = w.plan()?;
     let par = Parallel { tp: plan.tp, expert_parallel: args.ep };
-    let g = generate(&w.cfg, &w.chip, par, dtype, &weights, &prompts, steps, w.check_races)?;
+    let g = generate(&w.cfg, &w.chip, par, dtype, &weights, &prompts, steps, w.check_races, args.trace.as_deref())?;
     let ttft_ms = g.steps.first().map_or(0.0, |s| s.sim_ns / 1e6);
     let decode: Vec<f64> = g.steps.iter().skip(1).map(|s| s.sim_ns / 1e6).collect();
     let tpot_ms = if decode.is_empty() { 0.0 } else { decode.iter().sum::<f64>() / decode.len() as f64 };
@@ -430,11 +430,16 @@ mod tests {
         let prompts = vec![vec![1, 2, 3, 4], vec![300, 20, 7, 99]];
         for tp in [1, 2] {
             let par = Parallel { tp, expert_parallel: false };
-            let g = generate(&c, &chip, par, DType::F32, &weights, &prompts, 3, true).unwrap();
+            let trace = (tp == 2).then(|| dir.join("functional.json"));
+            let g = generate(&c, &chip, par, DType::F32, &weights, &prompts, 3, true, trace.as_deref()).unwrap();
             assert!(g.matches, "tp={tp}: {:?}", g.steps);
             assert_eq!(g.steps.len(), 3);
             assert!(g.steps.iter().all(|s| s.max_logit_diff < 1e-3 && s.sim_ns > 0.0));
         }
+        let t: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("functional.json")).unwrap()).unwrap();
+        let text = t.to_string();
+        assert!(text.contains("decode 2: ops") && text.contains("prefill: trn2 core 1"), "trace names its steps");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

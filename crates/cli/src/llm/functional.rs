@@ -102,6 +102,7 @@ pub fn generate(
     prompts: &[Vec<u32>],
     steps: usize,
     check_races: bool,
+    trace: Option<&Path>,
 ) -> Result<Generation> {
     let Some(len) = prompts.first().map(Vec::len) else { bail!("no prompt to generate from") };
     if len == 0 || prompts.iter().any(|p| p.len() != len) {
@@ -120,6 +121,7 @@ pub fn generate(
     let mut tokens: Vec<u32> = prompts.iter().flatten().copied().collect();
     let mut out = Vec::with_capacity(steps);
     let mut shares = Vec::with_capacity(steps);
+    let mut traced = Vec::new();
     for (i, reference) in want.iter().enumerate() {
         let phase = if i == 0 { Phase::Prefill { len } } else { Phase::Decode { context: len + i } };
         let spec = DecoderSpec {
@@ -132,7 +134,7 @@ pub fn generate(
             reuse_layers: true,
         };
         let dp = build_decoder(cfg, chip, &spec)?;
-        let opts = SimOptions { check_races, ..SimOptions::default() };
+        let opts = SimOptions { check_races, record_events: true, ..SimOptions::default() };
         let mut session = Session::new(chip, &dp.program, opts)?;
         for t in dp.program.tensors.iter().filter(|t| t.kind == TensorKind::Input) {
             let values = dp.input_values(cfg, &t.name, weights, &tokens, &cache)?;
@@ -162,6 +164,16 @@ pub fn generate(
             sim_ns: profile.total_ns,
         });
         tokens = next;
+        if trace.is_some() {
+            if let Some(run) = session.result().cloned() {
+                drop(session);
+                traced.push((if i == 0 { "prefill".to_string() } else { format!("decode {i}") }, dp, run));
+            }
+        }
+    }
+    if let Some(path) = trace {
+        let steps: Vec<(&str, &_, &_)> = traced.iter().map(|(n, dp, run)| (n.as_str(), dp, run)).collect();
+        super::trace::write(path, chip, &steps)?;
     }
     let matches = out.iter().all(|s| s.tokens == s.reference);
     let prefill = shares.first().cloned().unwrap_or_default();

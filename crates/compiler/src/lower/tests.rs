@@ -300,6 +300,7 @@ fn conv_op(k: usize, stride: usize, pad: usize, group: usize) -> Op {
             dilations: vec![1, 1],
         },
         group,
+        activation: None,
     })
 }
 

@@ -164,6 +164,22 @@ impl DecoderProgram {
                 }
                 Ok(out)
             }
+            TensorSource::MoeSendIds { rank } | TensorSource::MoeReturnIds { rank } => {
+                let k = cfg.moe().map_or(1, |m| m.experts_per_token as usize);
+                let n = self.spec.tp as usize;
+                let tl = rows / n.max(1);
+                let c = tl * k / n.max(1);
+                let rank = *rank as usize;
+                let ids: Vec<f32> = if matches!(source, TensorSource::MoeSendIds { .. }) {
+                    (0..n)
+                        .flat_map(|d| (0..c).map(move |q| q * n + d))
+                        .map(|slot| (rank * tl + slot / k) as f32)
+                        .collect()
+                } else {
+                    (0..tl * k).map(|slot| ((slot % n) * c + slot / n) as f32).collect()
+                };
+                Ok(ids)
+            }
             TensorSource::MoeDispatch { experts }
             | TensorSource::MoeCombine { experts }
             | TensorSource::MoeLocal { experts } => {

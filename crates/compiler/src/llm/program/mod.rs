@@ -285,6 +285,19 @@ pub enum TensorSource {
         /// The experts of the rank.
         experts: Range<usize>,
     },
+    /// Token-split expert parallelism, rank `rank`: the token of each slot it sends, by
+    /// destination rank `[n·c]` (its tokens are `rank·T/n..`; slot `s = t·k + j` of its
+    /// `t`-th token goes to rank `s mod n` as that rank's `(s / n)`-th from it).
+    MoeSendIds {
+        /// The rank.
+        rank: u32,
+    },
+    /// Token-split expert parallelism: where each of the rank's tokens' `k` slots comes back
+    /// `[T/n·k]` (row `(s mod n)·c + s / n`).
+    MoeReturnIds {
+        /// The rank.
+        rank: u32,
+    },
 }
 
 /// One KV-cache tensor `[B, kv_heads.len(), L, D]`.

@@ -355,3 +355,57 @@ fn expert_parallel_moe_matches_one_core() {
     let uniform = build_decoder(&c, &chip(), &DecoderSpec { tp: 4, ..spec }).unwrap_or_else(|e| panic!("{e}"));
     assert!(uniform.inputs.contains_key("moe.local.shard3"));
 }
+
+/// Token-split expert parallelism (uniform routing, tokens that split evenly): two
+/// all-to-alls and an all-gather instead of an all-reduce; the slot tables send every slot of
+/// every token once and bring it back to its token; the program runs race-free.
+#[test]
+fn token_split_expert_parallelism_routes_every_slot_home() {
+    let c = cfg("tiny-mixtral"); // 4 experts, 2 per token
+    let (n, k) = (2usize, 2usize);
+    let spec = DecoderSpec {
+        phase: Phase::Prefill { len: 4 },
+        batch: 2,
+        dtype: DType::F32,
+        tp: n as u32,
+        moe: MoeRouting::Uniform,
+        expert_parallel: true,
+        reuse_layers: true,
+    };
+    let dp = build_decoder(&c, &chip(), &spec).unwrap_or_else(|e| panic!("{e}"));
+    let labels: Vec<&str> = dp.ops.iter().filter(|o| o.layer == Some(1)).map(|o| o.label.as_str()).collect();
+    for want in ["all_to_all.dispatch", "experts", "all_to_all.combine", "all_gather.moe"] {
+        assert!(labels.contains(&want), "{labels:?}");
+    }
+    assert!(!labels.contains(&"all_reduce.mlp") && labels.contains(&"all_reduce.attn"), "{labels:?}");
+    // Follow the slot tables through the all-to-all: rank r sends chunk d to rank d, which
+    // returns it in place, so local slot s of rank r comes back from row (s mod n)·c + s / n.
+    let (t, cache, w) = (8usize, HostCache::new(&c, 2), WeightMap::new());
+    let tl = t / n;
+    let ids = |name: &str| dp.input_values(&c, name, &w, &[], &cache).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for r in 0..n {
+        let send = ids(&format!("moe.send_ids.shard{r}"));
+        let back = ids(&format!("moe.return_ids.shard{r}"));
+        assert_eq!((send.len(), back.len()), (tl * k, tl * k));
+        let mut seen = vec![0; tl];
+        for (slot, &row) in back.iter().enumerate() {
+            let token = send[row as usize] as usize;
+            assert_eq!(token, r * tl + slot / k, "rank {r} slot {slot}");
+            seen[token - r * tl] += 1;
+        }
+        assert!(seen.iter().all(|&x| x == k), "{seen:?}");
+    }
+    // Race-checked functional run with random weights.
+    let weights = random_checkpoint(&c, 3).unwrap_or_else(|e| panic!("{e}"));
+    let mut session = Session::new(&chip(), &dp.program, SimOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let tokens: Vec<u32> = (0..t as u32).collect();
+    for decl in dp.program.tensors.iter().filter(|d| d.kind == trainyard_isa::TensorKind::Input) {
+        let v = dp.input_values(&c, &decl.name, &weights, &tokens, &cache).unwrap_or_else(|e| panic!("{e}"));
+        session
+            .bind(&decl.name, &HostTensor::from_f32(decl.shape.clone(), decl.dtype, &v))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    session.run().unwrap_or_else(|e| panic!("{e}"));
+    let next = session.output(NEXT_TOKEN).unwrap_or_else(|e| panic!("{e}")).to_f32();
+    assert!(next.iter().all(|&x| x >= 0.0 && x < c.vocab_size() as f32));
+}

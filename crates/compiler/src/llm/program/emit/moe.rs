@@ -14,13 +14,21 @@
 //!   slot assignment is a program input: slot `s = t·k + j` goes to expert `s mod E`, so
 //!   every expert gets the same load — the assumption stated for timed-only figures (the
 //!   router and top-k still run; a server would compute the slots from their output).
+//!
+//! With expert parallelism each rank runs `E/tp` whole experts. Activations are replicated
+//! on every rank after the attention all-reduce, so by default a rank gathers its experts'
+//! tokens locally and the partial outputs are all-reduced. With uniform routing and token
+//! counts that split evenly ([`split_sizes`]), the tokens are split instead: rank `r` sends
+//! the slots of tokens `r·T/tp..` to the experts' ranks with an all-to-all, the experts'
+//! outputs come back with a second all-to-all, and the ranks' combined rows are all-gathered
+//! (no all-reduce for the block).
 
 use std::ops::Range;
 
 use trainyard_arch::DType;
 use trainyard_kernels::HbmTensor;
 
-use super::{args, Dims, Emitter};
+use super::{args, collective, Dims, Emitter};
 use crate::llm::program::shard::Shard;
 use crate::llm::program::{MoeRouting, OpCategory, ProgramError, TensorSource, WeightSlice};
 use crate::llm::weights::{weight_name, WeightRole};
@@ -57,6 +65,36 @@ pub(super) struct MoeBufs {
     /// The experts the rank runs and their columns.
     experts: Range<usize>,
     cols: Range<usize>,
+    /// Token-split expert parallelism (see the module docs).
+    split: Option<SplitBufs>,
+}
+
+/// Per-rank tensors of token-split expert parallelism: `n` ranks, `c` slots from each rank to
+/// each rank, `T/n` tokens per rank.
+#[derive(Clone)]
+pub(super) struct SplitBufs {
+    /// Slots of the rank's tokens by destination rank `[n·c, h]`, and their token ids `[n·c]`.
+    send: HbmTensor,
+    send_ids: HbmTensor,
+    /// The experts' outputs back in `send`'s order `[n·c, h]`, and each local token's `k`
+    /// slots in it `[T/n·k]`.
+    back: HbmTensor,
+    return_ids: HbmTensor,
+    /// The local tokens' `k` outputs `[T/n·k, h]`, their gates `[T/n, k, 1]`, their sums `[T/n, h]`.
+    yk: HbmTensor,
+    gates: HbmTensor,
+    y_local: HbmTensor,
+}
+
+/// `(c, m)` of token-split expert parallelism — slots each rank sends each rank, and slots
+/// per local expert — when `t` tokens of `k` experts each split evenly over `n` ranks of
+/// `local` experts; `None` when they do not.
+pub(super) fn split_sizes(t: usize, k: usize, n: usize, local: usize) -> Option<(usize, usize)> {
+    if n < 2 || local == 0 || !t.is_multiple_of(n) || !(t / n * k).is_multiple_of(n) {
+        return None;
+    }
+    let c = t / n * k / n;
+    (c > 0 && (n * c).is_multiple_of(local)).then_some((c, n * c / local))
 }
 
 /// Token slots per expert in the uniform dataflow.
@@ -86,7 +124,13 @@ impl Emitter<'_> {
             (0..e, shard.inter.clone())
         };
         let (n, c) = (experts.len(), cols.len());
-        let m = if dense { t } else { capacity(t, k, e) };
+        let ranks = self.spec.tp as usize;
+        let split = if ep && !dense { split_sizes(t, k, ranks, n) } else { None };
+        let m = match (dense, split) {
+            (true, _) => t,
+            (false, Some((_, per_expert))) => per_expert,
+            (false, None) => capacity(t, k, e),
+        };
         let f32s = DType::F32;
         let mut opt = |on: bool, what: &str, shape: &[usize], d: DType| -> Result<Option<HbmTensor>, ProgramError> {
             if on {
@@ -103,7 +147,24 @@ impl Emitter<'_> {
         let top_p = opt(!dense, "moe.top_p", &[t, k], f32s)?;
         let top_g = opt(!dense, "moe.top_g", &[t, k, 1], dt)?;
         let yk = opt(!dense, "moe.yk", &[t * k, h], dt)?;
-        let (dispatch, combine, local) = if ep && !dense {
+        let split = match split {
+            Some((cs, _)) => {
+                let (tl, rank) = (t / ranks, shard.rank);
+                let send_ids = TensorSource::MoeSendIds { rank };
+                let return_ids = TensorSource::MoeReturnIds { rank };
+                Some(SplitBufs {
+                    send: self.scratch(chip, &name("moe.send"), &[ranks * cs, h], dt)?,
+                    send_ids: self.input(chip, &name("moe.send_ids"), &[ranks * cs], DType::I32, send_ids)?,
+                    back: self.scratch(chip, &name("moe.back"), &[ranks * cs, h], dt)?,
+                    return_ids: self.input(chip, &name("moe.return_ids"), &[tl * k], DType::I32, return_ids)?,
+                    yk: self.scratch(chip, &name("moe.yk_local"), &[tl * k, h], dt)?,
+                    gates: self.scratch(chip, &name("moe.gates_local"), &[tl, k, 1], dt)?,
+                    y_local: self.scratch(chip, &name("moe.y_local"), &[tl, h], dt)?,
+                })
+            }
+            None => None,
+        };
+        let (dispatch, combine, local) = if ep && !dense && split.is_none() {
             let src = |s| TensorSource::clone(&s);
             let d = src(TensorSource::MoeDispatch { experts: experts.clone() });
             let cmb = src(TensorSource::MoeCombine { experts: experts.clone() });
@@ -137,7 +198,14 @@ impl Emitter<'_> {
             local,
             experts,
             cols,
+            split,
         })
+    }
+
+    /// True when the MoE blocks of this program split tokens over the ranks (their output is
+    /// all-gathered, not all-reduced).
+    pub(super) fn moe_split(&self) -> bool {
+        self.ranks.first().and_then(|r| r.moe.as_ref()).is_some_and(|b| b.split.is_some())
     }
 
     /// `(experts, experts per token)`.
@@ -194,6 +262,9 @@ impl Emitter<'_> {
             at,
             |em, r| if dense { em.dense_gates(r) } else { em.topk_gates(r) },
         )?;
+        if self.moe_split() {
+            return self.split_experts(l);
+        }
         self.each_rank("dispatch", OpCategory::Layout, at, |em, r| {
             let b = em.bufs(r)?;
             let (xe, xn) = (b.xe.clone(), em.ranks[r].xn.clone());
@@ -210,7 +281,21 @@ impl Emitter<'_> {
             let a = args(&[rows, t, h], dt);
             em.run(r, |ks| &*ks.embedding, &a, &[("ids", &ids), ("table", &table), ("y", &xe)])
         })?;
-        self.each_rank("experts", OpCategory::Mlp, at, |em, r| {
+        self.experts(l)?;
+        self.each_rank("combine", OpCategory::Elementwise, at, |em, r| {
+            if dense {
+                em.dense_combine(r)
+            } else {
+                em.slot_combine(r)
+            }
+        })
+    }
+
+    /// The experts of every rank: batched matmuls over `[experts, slots, ·]`.
+    fn experts(&mut self, l: u32) -> Result<(), ProgramError> {
+        let Dims { h, .. } = self.dims;
+        let dt = self.spec.dtype;
+        self.each_rank("experts", OpCategory::Mlp, Some(l), |em, r| {
             let (w1, w3, w2) = (
                 em.expert_weight(r, l, WeightRole::Gate)?,
                 em.expert_weight(r, l, WeightRole::Up)?,
@@ -225,14 +310,69 @@ impl Emitter<'_> {
             em.run(r, |ks| &*ks.matmul, &bmm(h, i_r), &[("a", &xe), ("b", &w3), ("c", &u)])?;
             em.run(r, |ks| &*ks.swiglu, &args(g.shape(), dt), &[("a", &g), ("b", &u), ("y", &g)])?;
             em.run(r, |ks| &*ks.matmul, &bmm(i_r, h), &[("a", &g), ("b", &w2), ("c", &ye)])
-        })?;
-        self.each_rank("combine", OpCategory::Elementwise, at, |em, r| {
-            if dense {
-                em.dense_combine(r)
-            } else {
-                em.slot_combine(r)
-            }
         })
+    }
+
+    /// Token-split expert parallelism: the local tokens' slots to the experts' ranks by
+    /// all-to-all, the rank's experts, the outputs back by all-to-all, the local tokens'
+    /// combine, and an all-gather of the rows.
+    fn split_experts(&mut self, l: u32) -> Result<(), ProgramError> {
+        let Dims { t, h, .. } = self.dims;
+        let (_, k) = self.moe_sizes();
+        let at = Some(l);
+        let dt = self.spec.dtype;
+        let n = self.ranks.len();
+        // Per rank: its split tensors, and its expert inputs and outputs as `[n·c, h]`.
+        let mut bufs: Vec<(SplitBufs, HbmTensor, HbmTensor)> = Vec::with_capacity(n);
+        for r in 0..n {
+            let b = self.bufs(r)?;
+            let s = b.split.clone().ok_or_else(|| self.err(super::missing("token-split MoE tensors")))?;
+            let rows = s.send.shape()[0];
+            let (xe, ye) = (b.xe.clone(), b.ye.clone());
+            bufs.push((s, self.reshaped(&xe, &[rows, h])?, self.reshaped(&ye, &[rows, h])?));
+        }
+        self.each_rank("dispatch", OpCategory::Layout, at, |em, r| {
+            let s = &bufs[r].0;
+            let xn = em.ranks[r].xn.clone();
+            let a = args(&[s.send.shape()[0], t, h], dt);
+            em.run(r, |ks| &*ks.embedding, &a, &[("ids", &s.send_ids), ("table", &xn), ("y", &s.send)])
+        })?;
+        let cores = self.cores();
+        let pick = |f: &dyn Fn(&(SplitBufs, HbmTensor, HbmTensor)) -> HbmTensor| bufs.iter().map(f).collect::<Vec<_>>();
+        let (send, recv) = (pick(&|b| b.0.send.clone()), pick(&|b| b.1.clone()));
+        let (out, back) = (pick(&|b| b.2.clone()), pick(&|b| b.0.back.clone()));
+        self.op("all_to_all.dispatch", OpCategory::Collective, at, |em| em.all_to_all(&send, &recv, &cores))?;
+        self.experts(l)?;
+        self.op("all_to_all.combine", OpCategory::Collective, at, |em| em.all_to_all(&out, &back, &cores))?;
+        let tl = t / n;
+        self.each_rank("combine", OpCategory::Elementwise, at, |em, r| {
+            let s = &bufs[r].0;
+            let top_g = em.bufs(r)?.top_g.clone().ok_or_else(|| em.err(super::missing("uniform MoE gates")))?;
+            em.dma(r, 1, s.gates.view(), top_g.rows(r * tl..(r + 1) * tl))?;
+            let gather = args(&[tl * k, s.back.shape()[0], h], dt);
+            em.run(r, |ks| &*ks.embedding, &gather, &[("ids", &s.return_ids), ("table", &s.back), ("y", &s.yk)])?;
+            let yk3 = em.reshaped(&s.yk, &[tl, k, h])?;
+            let mul = args(&[tl, k, h], dt).with("op", "mul").with("b_shape", &format!("{tl},{k},1"));
+            em.run(r, |ks| &*ks.binary, &mul, &[("a", &yk3), ("b", &s.gates), ("c", &yk3)])?;
+            let sum = args(&[tl, k, h], dt).with("axis", "1");
+            em.run(r, |ks| &*ks.reduce, &sum, &[("x", &yk3), ("y", &s.y_local)])
+        })?;
+        let (rows, full) = (pick(&|b| b.0.y_local.clone()), self.ranks.iter().map(|r| r.y.clone()).collect::<Vec<_>>());
+        self.op("all_gather.moe", OpCategory::Collective, at, |em| {
+            if em.skip_emit {
+                return Ok(());
+            }
+            let done = collective::all_gather(&mut em.kb, &rows, &full, &cores);
+            done.map(|_| ()).map_err(|e| em.err(e))
+        })
+    }
+
+    fn all_to_all(&mut self, inputs: &[HbmTensor], outputs: &[HbmTensor], cores: &[u16]) -> Result<(), ProgramError> {
+        if self.skip_emit {
+            return Ok(());
+        }
+        let done = collective::all_to_all(&mut self.kb, inputs, outputs, cores);
+        done.map(|_| ()).map_err(|e| self.err(e))
     }
 
     /// Dense gates `[E, T, 1]`: the router's probabilities on each token's top `k`, renormalised.
