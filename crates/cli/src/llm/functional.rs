@@ -130,6 +130,7 @@ pub fn generate(
             moe: MoeRouting::Dense,
             expert_parallel: par.expert_parallel,
             reuse_layers: true,
+            layer_barriers: false,
         };
         let dp = build_decoder(cfg, chip, &spec)?;
         let opts = SimOptions { check_races, ..SimOptions::default() };
