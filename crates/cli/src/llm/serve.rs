@@ -237,7 +237,7 @@ pub fn run_phase_extrapolated(
         return Ok((dp, run, phase));
     }
     let cut = with_layers(cfg, EXTRAPOLATE_FROM);
-    let (dp, run, mut phase) = run_phase(&cut, chip, &spec, check_races)?;
+    let (mut dp, run, mut phase) = run_phase(&cut, chip, &spec, check_races)?;
     let last = EXTRAPOLATE_FROM - 1;
     let barrier_end = |layer: Option<u32>| {
         let op = dp.ops.iter().find(|o| o.category == OpCategory::Barrier && o.layer == layer)?;
@@ -259,10 +259,15 @@ pub fn run_phase_extrapolated(
         *m.entry(o.label.clone()).or_default() += weight(o) * u64::from(o.insts.end - o.insts.start);
         m
     });
+    // The builder's layer-reuse note speaks of the cut model, whose layers are all simulated.
+    dp.notes.retain(|n| !n.contains("every layer is simulated"));
     phase.layers = layers;
     phase.layers_simulated = EXTRAPOLATE_FROM;
     phase.note = Some(format!(
-        "layers {EXTRAPOLATE_FROM}-{} timed as layer {last} ({:.3} us each) with barriers at layer boundaries:          the model cut to {EXTRAPOLATE_FROM} layers was simulated (exact for the barriered program: each layer          starts on an idle machine and layers >= 2 are one instruction stream at shifted addresses; `--layer-sim          full` simulates every layer without barriers)",
+        "layers {EXTRAPOLATE_FROM}-{} timed as layer {last} ({:.3} us each) with barriers at layer boundaries: \
+         the model cut to {EXTRAPOLATE_FROM} layers was simulated (exact for the barriered program: each layer \
+         starts on an idle machine and layers >= 2 are one instruction stream at shifted addresses; `--layer-sim \
+         full` simulates every layer without barriers)",
         layers - 1,
         layer_ps as f64 / 1e6
     ));

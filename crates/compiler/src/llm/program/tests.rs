@@ -249,7 +249,7 @@ fn reused_layers_equal_a_full_build() {
         (chip(), 2, Phase::Decode { context: 40 }),
         (trn1, 4, Phase::Prefill { len: 20 }),
     ];
-    for (chip, tp, phase) in cases {
+    for ((chip, tp, phase), layer_barriers) in cases.into_iter().flat_map(|c| [(c.clone(), false), (c, true)]) {
         let spec = DecoderSpec {
             phase,
             batch: 2,
@@ -258,7 +258,7 @@ fn reused_layers_equal_a_full_build() {
             moe: MoeRouting::Dense,
             expert_parallel: false,
             reuse_layers: true,
-            layer_barriers: false,
+            layer_barriers,
         };
         let reused = build_decoder(&c, &chip, &spec).unwrap_or_else(|e| panic!("{e}"));
         let full = build_decoder(&c, &chip, &DecoderSpec { reuse_layers: false, ..spec.clone() })
@@ -273,6 +273,10 @@ fn reused_layers_equal_a_full_build() {
         assert_eq!(reused.inputs, full.inputs, "{phase:?}");
         assert_eq!(reused.caches, full.caches, "{phase:?}");
         assert!(trainyard_isa::validate(&reused.program, &chip).is_ok());
+        // A barrier before each layer and before the head, each one instruction.
+        let barriers: Vec<&OpSpan> = reused.ops.iter().filter(|o| o.category == OpCategory::Barrier).collect();
+        assert_eq!(barriers.len(), if layer_barriers { 7 } else { 0 }, "{phase:?}");
+        assert!(barriers.iter().all(|o| o.insts.len() == 1), "{phase:?}");
     }
 }
 
