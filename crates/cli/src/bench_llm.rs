@@ -10,7 +10,7 @@ use trainyard_arch::{ChipSpec, DType};
 use trainyard_compiler::llm::program::{DecoderSpec, MoeRouting, Phase};
 use trainyard_compiler::llm::LlmConfig;
 
-use crate::llm::serve::run_phase;
+use crate::llm::serve::run_phase_extrapolated;
 
 /// One measured case.
 #[derive(Debug, Serialize)]
@@ -23,6 +23,7 @@ struct Case {
     batch: usize,
     context: usize,
     instructions: u64,
+    instructions_simulated: u64,
     build_s: f64,
     sim_s: f64,
     wall_s: f64,
@@ -54,9 +55,10 @@ fn case(
         moe: MoeRouting::Uniform,
         expert_parallel: false,
         reuse_layers: true,
+        layer_barriers: false,
     };
     let t0 = Instant::now();
-    let (dp, _run, phase) = run_phase(&cfg, &spec_chip, &spec, false)?;
+    let (dp, run, phase) = run_phase_extrapolated(&cfg, &spec_chip, &spec, false)?;
     let wall_s = t0.elapsed().as_secs_f64();
     Ok(Case {
         name: name.to_string(),
@@ -72,8 +74,9 @@ fn case(
         wall_s,
         target_wall_s,
         simulated_ms: phase.total_ns / 1e6,
-        sim_minst_per_s: phase.instructions as f64 / phase.sim_s.max(1e-9) / 1e6,
-        notes: dp.notes.clone(),
+        instructions_simulated: run.instructions,
+        sim_minst_per_s: run.instructions as f64 / phase.sim_s.max(1e-9) / 1e6,
+        notes: phase.note.iter().chain(&dp.notes).cloned().collect(),
     })
 }
 
@@ -87,14 +90,18 @@ pub fn llm(json: bool, quick: bool) -> Result<()> {
         say!("{}", serde_json::to_string_pretty(&cases)?);
         return Ok(());
     }
-    say!("LLM decode step, timed-only, race check off (wall = build + simulate, this machine, this run):");
+    say!(
+        "LLM decode step, timed-only, race check off, layers extrapolated (wall = build + simulate, this machine, \
+         this run):"
+    );
     for c in &cases {
         say!(
-            "  {:<46} TP {:>2}: {:>9} instructions, build {:.2} s + simulate {:.2} s = {:.2} s wall \
+            "  {:<46} TP {:>2}: {:>9} instructions ({} simulated), build {:.2} s + simulate {:.2} s = {:.2} s wall \
              (target <= {:.0} s, {}); simulated step {:.3} ms; {:.1} M inst/s",
             c.name,
             c.tp,
             c.instructions,
+            c.instructions_simulated,
             c.build_s,
             c.sim_s,
             c.wall_s,

@@ -13,7 +13,7 @@ use trainyard_arch::{ChipSpec, DType, GpuSpec, PriceKind};
 use trainyard_compiler::llm::LlmConfig;
 use trainyard_report::{gpu_serving, smallest_gpu_tp, ChipPrice, Label, Row, ServingEstimate, Table};
 
-use crate::llm::{simulate_llm, LlmReport, LlmWorkload, TpChoice};
+use crate::llm::{simulate_llm, LayerSim, LlmReport, LlmWorkload, TpChoice};
 use crate::model::workload;
 
 /// The simulated chips, in report order.
@@ -99,6 +99,7 @@ fn smallest_fitting_chips(req: &CompareRequest, chip: &ChipSpec) -> Result<LlmWo
             dtype: req.dtype,
             check_races: false,
             expert_parallel: false,
+            layer_sim: LayerSim::Extrapolate,
         };
         match w.plan() {
             Ok(_) => return Ok(w),

@@ -20,7 +20,7 @@ use trainyard_compiler::llm::LlmConfig;
 
 pub use breakdown::Breakdown;
 pub use functional::{generate, read_checkpoint, write_checkpoint, Parallel};
-pub use serve::{simulate_llm, LlmReport, LlmWorkload, PhaseRun, TpChoice};
+pub use serve::{simulate_llm, LayerSim, LlmReport, LlmWorkload, PhaseRun, TpChoice};
 
 /// Options of `trainyard llm`.
 #[derive(Args)]
@@ -84,6 +84,10 @@ pub struct LlmArgs {
     /// Functional: skip the race checker.
     #[arg(long)]
     no_race_check: bool,
+    /// Timed-only: `extrapolate` (barriers at layer boundaries; 4 layers simulated, later
+    /// layers timed as layer 3, exact for that program) or `full` (every layer, no barriers).
+    #[arg(long, default_value = "extrapolate", value_name = "full|extrapolate")]
+    layer_sim: LayerSim,
 }
 
 #[derive(Subcommand)]
@@ -178,6 +182,7 @@ fn timed(args: &LlmArgs, cfg: LlmConfig, chip: ChipSpec, tp: TpChoice) -> Result
         dtype: dtype_or(args, DType::Bf16)?,
         check_races: args.race_check,
         expert_parallel: args.ep,
+        layer_sim: args.layer_sim,
     };
     let r = simulate_llm(&w, args.trace.as_deref())?;
     if args.json {
@@ -233,6 +238,7 @@ fn phase_json(p: &PhaseRun) -> serde_json::Value {
     json!({
         "program": p.program, "total_ns": p.total_ns, "instructions": p.instructions,
         "build_s": p.build_s, "sim_s": p.sim_s, "instructions_by_op": p.instructions_by_op,
+        "layers": p.layers, "layers_simulated": p.layers_simulated,
     })
 }
 
@@ -321,6 +327,7 @@ fn functional(args: &LlmArgs, cfg: LlmConfig, chip: ChipSpec, tp: TpChoice) -> R
         dtype,
         check_races: !args.no_race_check,
         expert_parallel: args.ep,
+        layer_sim: LayerSim::Full,
     };
     let plan = w.plan()?;
     let par = Parallel { tp: plan.tp, expert_parallel: args.ep };
@@ -407,6 +414,7 @@ mod tests {
             dtype: DType::Bf16,
             check_races: true,
             expert_parallel: false,
+            layer_sim: LayerSim::Full,
         }
     }
 

@@ -364,12 +364,32 @@ pub(crate) struct DepTracker {
     units: Vec<u32>,
     clocks: Vec<Clock>,
     last_on_unit: QuickMap<u32, u32>,
+    /// The latest join ([`DepTracker::add_join`]): every later instruction waits for it.
+    fence: Option<u32>,
 }
 
 impl DepTracker {
     /// Registers the next instruction (id = number registered so far) and
     /// returns the instructions it must wait for, ascending.
     pub(crate) fn add(&mut self, core: u16, unit: Unit, operands: &[(Ap, Role)]) -> Vec<InstId> {
+        self.add_waiting(core, unit, operands, &[])
+    }
+
+    /// Registers a join: the next instruction, which also waits for the last instruction of
+    /// every unit so far, and which every later instruction then waits for (directly, or
+    /// through an earlier instruction of its unit). Its clock holds every unit's last
+    /// instruction, so later waits on anything before it are dropped as implied.
+    pub(crate) fn add_join(&mut self, core: u16, unit: Unit, operands: &[(Ap, Role)]) -> Vec<InstId> {
+        let mut lasts: Vec<u32> = self.last_on_unit.values().copied().collect();
+        lasts.sort_unstable();
+        let inst = self.units.len() as u32;
+        let deps = self.add_waiting(core, unit, operands, &lasts);
+        self.fence = Some(inst);
+        deps
+    }
+
+    /// [`DepTracker::add`] with `extra` instructions to wait for besides the memory conflicts.
+    fn add_waiting(&mut self, core: u16, unit: Unit, operands: &[(Ap, Role)], extra: &[u32]) -> Vec<InstId> {
         let inst = self.units.len() as u32;
         let uk = unit_key(core, unit);
         let accesses: Vec<Access> = operands.iter().filter_map(|(ap, role)| Access::new(ap, *role, core)).collect();
@@ -390,6 +410,8 @@ impl DepTracker {
             }
         }
 
+        found.extend_from_slice(extra);
+        found.extend(self.fence);
         // Latest first: an earlier instruction can never imply a later one.
         found.sort_unstable_by(|a, b| b.cmp(a));
         found.dedup();

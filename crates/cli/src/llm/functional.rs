@@ -132,6 +132,7 @@ pub fn generate(
             moe: MoeRouting::Dense,
             expert_parallel: par.expert_parallel,
             reuse_layers: true,
+            layer_barriers: false,
         };
         let dp = build_decoder(cfg, chip, &spec)?;
         let opts = SimOptions { check_races, record_events: true, ..SimOptions::default() };

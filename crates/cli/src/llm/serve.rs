@@ -7,7 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_compiler::llm::program::{build_decoder, DecoderProgram, DecoderSpec, MoeRouting, Phase};
+use trainyard_compiler::llm::program::{
+    build_decoder, with_layers, DecoderProgram, DecoderSpec, MoeRouting, OpCategory, Phase,
+};
 use trainyard_compiler::llm::{plan_memory, smallest_tp, LlmConfig, MemoryPlan, TP_CANDIDATES};
 use trainyard_sim::{Mode, RunResult, SimOptions, Simulator};
 
@@ -22,6 +24,34 @@ pub enum TpChoice {
     /// `--tp N`.
     Fixed(u32),
 }
+
+/// How the layers of a timed-only step are simulated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerSim {
+    /// Every layer (no barriers): the program as a compiler would emit it.
+    Full,
+    /// Barriers at layer boundaries; the model cut to [`EXTRAPOLATE_FROM`] layers is simulated
+    /// and the later layers are timed as its last one (exact for the barriered program).
+    #[default]
+    Extrapolate,
+}
+
+impl std::str::FromStr for LayerSim {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<LayerSim> {
+        match s {
+            "full" => Ok(LayerSim::Full),
+            "extrapolate" => Ok(LayerSim::Extrapolate),
+            other => bail!("--layer-sim {other}: expected `full` or `extrapolate`"),
+        }
+    }
+}
+
+/// Layers simulated by [`LayerSim::Extrapolate`]: layers 0–2 may differ in time from the
+/// others (layer 0 follows the embedding; layer 2 is the last emitted through the builder),
+/// layer 3 is timed and stands for every later one.
+pub const EXTRAPOLATE_FROM: u32 = 4;
 
 /// A serving workload to simulate.
 #[derive(Clone, Debug)]
@@ -46,6 +76,8 @@ pub struct LlmWorkload {
     pub check_races: bool,
     /// Spread MoE experts over the cores (`--ep`) instead of slicing every expert.
     pub expert_parallel: bool,
+    /// Every layer simulated, or later layers timed from the first few.
+    pub layer_sim: LayerSim,
 }
 
 impl LlmWorkload {
@@ -96,6 +128,12 @@ pub struct PhaseRun {
     pub breakdown: Breakdown,
     /// Instructions per op label, summed over layers.
     pub instructions_by_op: std::collections::BTreeMap<String, u64>,
+    /// Layers of the model.
+    pub layers: u32,
+    /// Layers actually simulated (fewer than `layers` when extrapolated).
+    pub layers_simulated: u32,
+    /// How the step's layers were timed, when not all were simulated.
+    pub note: Option<String>,
 }
 
 /// The figures of a workload.
@@ -154,6 +192,7 @@ pub fn run_phase(
     let mut sim = Simulator::new(chip, &dp.program, opts)?;
     let run = sim.run().with_context(|| format!("simulating {}", dp.program.name))?;
     let sim_s = t1.elapsed().as_secs_f64();
+    let layers = cfg.num_layers();
     let phase = PhaseRun {
         program: dp.program.name.clone(),
         total_ns: run.total_ps as f64 / 1000.0,
@@ -165,8 +204,88 @@ pub fn run_phase(
             *m.entry(o.label.clone()).or_default() += u64::from(o.insts.end - o.insts.start);
             m
         }),
+        layers,
+        layers_simulated: layers,
+        note: None,
     };
     Ok((dp, run, phase))
+}
+
+/// Times one step of the barriered program ([`DecoderSpec::layer_barriers`]) of all `L`
+/// layers from a simulation of its first [`EXTRAPOLATE_FROM`] layers.
+///
+/// With a barrier before every layer and before the head, each layer starts when every
+/// engine and DMA queue of every core is idle, so its time depends only on its own
+/// instructions and the state its predecessor leaves (which is no queue's occupancy, only
+/// which instruction ran last on each unit). Layers ≥ 2 are the same instruction stream at
+/// shifted addresses (the layer-reuse check proves it) and no cost rule reads addresses,
+/// so every layer from 3 on takes layer 3's time `Δ` (end of its barrier to the end of the
+/// head's barrier): `T(L) = T(4) + (L − 4)·Δ`, to the picosecond. The per-op breakdown and
+/// instruction counts weight layer 3's ops by `L − 3`. Models of at most 4 layers are
+/// simulated whole (with barriers).
+pub fn run_phase_extrapolated(
+    cfg: &LlmConfig,
+    chip: &ChipSpec,
+    spec: &DecoderSpec,
+    check_races: bool,
+) -> Result<(DecoderProgram, RunResult, PhaseRun)> {
+    let spec = DecoderSpec { layer_barriers: true, ..spec.clone() };
+    let layers = cfg.num_layers();
+    if layers <= EXTRAPOLATE_FROM {
+        let (dp, run, mut phase) = run_phase(cfg, chip, &spec, check_races)?;
+        phase.note = Some(format!("all {layers} layers simulated, with barriers at layer boundaries"));
+        return Ok((dp, run, phase));
+    }
+    let cut = with_layers(cfg, EXTRAPOLATE_FROM);
+    let (mut dp, run, mut phase) = run_phase(&cut, chip, &spec, check_races)?;
+    let last = EXTRAPOLATE_FROM - 1;
+    let barrier_end = |layer: Option<u32>| {
+        let op = dp.ops.iter().find(|o| o.category == OpCategory::Barrier && o.layer == layer)?;
+        run.events.get(op.insts.start as usize).map(|e| e.end_ps)
+    };
+    let (Some(from), Some(to)) = (barrier_end(Some(last)), barrier_end(None)) else {
+        bail!("{}: the barriers of layer {last} and of the head were not found", dp.program.name);
+    };
+    let extra = u64::from(layers - EXTRAPOLATE_FROM);
+    let layer_ps = to.saturating_sub(from);
+    let total_ps = run.total_ps + extra * layer_ps;
+    let weight = |o: &trainyard_compiler::llm::program::OpSpan| if o.layer == Some(last) { 1 + extra } else { 1 };
+    let layer_insts: u64 =
+        dp.ops.iter().filter(|o| o.layer == Some(last)).map(|o| u64::from(o.insts.end - o.insts.start)).sum();
+    phase.total_ns = total_ps as f64 / 1000.0;
+    phase.instructions = run.instructions + extra * layer_insts;
+    phase.breakdown = Breakdown::of_run_weighted(&dp.ops, &run, weight);
+    phase.instructions_by_op = dp.ops.iter().fold(Default::default(), |mut m, o| {
+        *m.entry(o.label.clone()).or_default() += weight(o) * u64::from(o.insts.end - o.insts.start);
+        m
+    });
+    // The builder's layer-reuse note speaks of the cut model, whose layers are all simulated.
+    dp.notes.retain(|n| !n.contains("every layer is simulated"));
+    phase.layers = layers;
+    phase.layers_simulated = EXTRAPOLATE_FROM;
+    phase.note = Some(format!(
+        "layers {EXTRAPOLATE_FROM}-{} timed as layer {last} ({:.3} us each) with barriers at layer boundaries: \
+         the model cut to {EXTRAPOLATE_FROM} layers was simulated (exact for the barriered program: each layer \
+         starts on an idle machine and layers >= 2 are one instruction stream at shifted addresses; `--layer-sim \
+         full` simulates every layer without barriers)",
+        layers - 1,
+        layer_ps as f64 / 1e6
+    ));
+    Ok((dp, run, phase))
+}
+
+/// [`run_phase`] or [`run_phase_extrapolated`], as `mode` says.
+pub fn run_phase_as(
+    mode: LayerSim,
+    cfg: &LlmConfig,
+    chip: &ChipSpec,
+    spec: &DecoderSpec,
+    check_races: bool,
+) -> Result<(DecoderProgram, RunResult, PhaseRun)> {
+    match mode {
+        LayerSim::Full => run_phase(cfg, chip, spec, check_races),
+        LayerSim::Extrapolate => run_phase_extrapolated(cfg, chip, spec, check_races),
+    }
 }
 
 /// Prompt tokens a batched prefill may hold; larger batches are prefilled one prompt at a time.
@@ -200,6 +319,7 @@ pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> 
         moe: MoeRouting::Uniform,
         expert_parallel: w.expert_parallel,
         reuse_layers: true,
+        layer_barriers: false,
     };
     // A batch whose prompts together exceed PREFILL_BATCH_TOKENS is prefilled one prompt after
     // another: the B programs are identical up to tensor addresses and no cost rule looks at
@@ -213,9 +333,9 @@ pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> 
     let decode_spec = spec(Phase::Decode { context: w.decode_context() as usize });
     // Large programs take gigabytes: the prefill's is dropped before the decode step is
     // built unless the trace needs both.
-    let (pdp, prun, prefill) = run_phase(&w.cfg, &chip, &prefill_spec, w.check_races)?;
+    let (pdp, prun, prefill) = run_phase_as(w.layer_sim, &w.cfg, &chip, &prefill_spec, w.check_races)?;
     let kept = trace.map(|_| (pdp, prun));
-    let (ddp, drun, decode) = run_phase(&w.cfg, &chip, &decode_spec, w.check_races)?;
+    let (ddp, drun, decode) = run_phase_as(w.layer_sim, &w.cfg, &chip, &decode_spec, w.check_races)?;
     if let (Some(path), Some((pdp, prun))) = (trace, &kept) {
         super::trace::write(path, &chip, &[("prefill", pdp, prun), ("decode", &ddp, &drun)])?;
     }
@@ -235,6 +355,14 @@ pub fn simulate_llm(w: &LlmWorkload, trace: Option<&Path>) -> Result<LlmReport> 
             runs,
             prefill.total_ns / 1e6
         ));
+    }
+    for (name, p) in [("prefill", &prefill), ("decode", &decode)] {
+        if let Some(n) = &p.note {
+            notes.push(format!("{name}: {n}"));
+        }
+    }
+    if trace.is_some() && w.layer_sim == LayerSim::Extrapolate && decode.layers_simulated < decode.layers {
+        notes.push(format!("the trace shows the {} simulated layers", decode.layers_simulated));
     }
     notes.extend([
         "timed-only: synthetic weights, no values computed".to_string(),
@@ -297,6 +425,7 @@ mod prefill_tests {
             output_len: 4,
             dtype: DType::Bf16,
             check_races: false,
+            layer_sim: LayerSim::Full,
         };
         let one = simulate_llm(&w(1), None).unwrap();
         let three = simulate_llm(&w(9), None).unwrap();
@@ -307,5 +436,48 @@ mod prefill_tests {
             three.ttft_ms,
             one.ttft_ms
         );
+    }
+
+    /// A 6-layer model small enough to simulate whole, with heads for TP 4.
+    fn six_layers() -> LlmConfig {
+        let json = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128,
+            "intermediate_size": 256, "num_attention_heads": 8, "num_key_value_heads": 4,
+            "num_hidden_layers": 6, "vocab_size": 512, "max_position_embeddings": 1024,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false}"#;
+        LlmConfig::from_json_str(json, "six-layers").unwrap()
+    }
+
+    #[test]
+    fn extrapolated_layers_time_the_barriered_program_exactly() {
+        let cfg = six_layers();
+        // TP 1 and 2 on one trn2 chip; TP 4 over two 2-core trn1 chips.
+        for (chip, chips, tp) in [("trn2", 1, 1), ("trn2", 1, 2), ("trn1", 2, 4)] {
+            let chip = ChipSpec::by_name(chip).unwrap().with_chips(chips).unwrap();
+            for phase in [Phase::Prefill { len: 160 }, Phase::Decode { context: 200 }] {
+                let spec = DecoderSpec {
+                    phase,
+                    batch: 2,
+                    dtype: DType::Bf16,
+                    tp,
+                    moe: MoeRouting::Uniform,
+                    expert_parallel: false,
+                    reuse_layers: true,
+                    layer_barriers: true,
+                };
+                let (_, full_run, full) = run_phase(&cfg, &chip, &spec, false).unwrap();
+                let (dp, _, ext) = run_phase_extrapolated(&cfg, &chip, &spec, false).unwrap();
+                let what = format!("{} tp {tp} {phase:?}", chip.name);
+                assert_eq!((ext.layers, ext.layers_simulated, full.layers_simulated), (6, 4, 6), "{what}");
+                assert_eq!(ext.total_ns * 1000.0, full_run.total_ps as f64, "{what}");
+                assert_eq!(ext.instructions, full.instructions, "{what}");
+                assert_eq!(ext.instructions_by_op, full.instructions_by_op, "{what}");
+                for (op, share) in &full.breakdown.by_op {
+                    let got = ext.breakdown.by_op.get(op).copied().unwrap_or(0.0);
+                    assert!((got - share).abs() < 1e-9, "{what}: {op} {got} vs {share}");
+                }
+                assert!(dp.ops.iter().any(|o| o.category == OpCategory::Barrier), "{what}");
+                assert!(ext.note.as_deref().unwrap().contains("layers 4-5 timed as layer 3"), "{what}");
+            }
+        }
     }
 }

@@ -199,11 +199,13 @@ pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Res
         e.layer_decls.push(Vec::new());
         e.skip_emit = reuse && l >= 3;
         let start = e.kb.next_id().0;
+        e.barrier(Some(l as u32))?;
         e.layer(l as u32)?;
         ranges.push(start..e.kb.next_id().0);
     }
     e.current_layer = None;
     e.skip_emit = false;
+    e.barrier(None)?;
     e.head()?;
     let Emitter { mut kb, mut ops, inputs, caches, layer_decls, .. } = e;
     kb.clear_core_window();
@@ -544,6 +546,21 @@ impl Emitter<'_> {
         mut body: impl FnMut(&mut Self, usize) -> Result<(), ProgramError>,
     ) -> Result<(), ProgramError> {
         self.op(label, category, layer, |e| (0..e.ranks.len()).try_for_each(|r| body(e, r)))
+    }
+
+    /// A barrier on rank 0's core when the spec asks for layer barriers.
+    fn barrier(&mut self, layer: Option<u32>) -> Result<(), ProgramError> {
+        if !self.spec.layer_barriers {
+            return Ok(());
+        }
+        self.op("barrier", OpCategory::Barrier, layer, |e| {
+            if e.skip_emit {
+                return Ok(());
+            }
+            let core = e.ranks.first().map_or(0, |r| r.core);
+            e.enter(core)?;
+            e.kb.barrier().map(|_| ()).map_err(|err| e.err(err))
+        })
     }
 
     /// Sends the following instructions to `core` alone: library kernels emitted with

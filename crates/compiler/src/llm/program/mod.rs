@@ -112,6 +112,11 @@ pub struct DecoderSpec {
     /// Emit layers 0–2 through the builder and copy layer 2's instructions for the others
     /// when that is exact (see `replicate`); `false` emits every layer.
     pub reuse_layers: bool,
+    /// A barrier ([`KernelBuilder::barrier`](trainyard_kernels::KernelBuilder::barrier))
+    /// before every layer and before the head, so that each layer starts on an idle
+    /// machine and its time does not depend on the layers before it (timing by
+    /// extrapolation, see [`with_layers`]).
+    pub layer_barriers: bool,
 }
 
 /// How a mixture-of-experts layer sends tokens to experts.
@@ -152,6 +157,8 @@ pub enum OpCategory {
     Collective,
     /// Arg-max of the logits.
     Sampling,
+    /// Barriers at layer boundaries ([`DecoderSpec::layer_barriers`]).
+    Barrier,
 }
 
 impl OpCategory {
@@ -169,6 +176,7 @@ impl OpCategory {
             OpCategory::Router => "router",
             OpCategory::Collective => "collective",
             OpCategory::Sampling => "sampling",
+            OpCategory::Barrier => "barrier",
         }
     }
 }
@@ -380,6 +388,13 @@ pub enum ProgramError {
         /// What is wrong.
         why: String,
     },
+}
+
+/// `cfg` with only its first `layers` decoder layers (at least 1), for timing a model from
+/// a few of its layers: every layer of a config has the same shape, so layer `l` of the cut
+/// model is layer `l` of the whole one.
+pub fn with_layers(cfg: &LlmConfig, layers: u32) -> LlmConfig {
+    LlmConfig { num_layers: layers.max(1), ..cfg.clone() }
 }
 
 /// Builds the program of one prefill or decode step (see the [module docs](self)).

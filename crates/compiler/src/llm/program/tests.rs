@@ -88,6 +88,7 @@ fn generate_ep(
         moe: MoeRouting::Dense,
         expert_parallel,
         reuse_layers: true,
+        layer_barriers: false,
     };
     out.push(run_step(chip, cfg, weights, &spec, &flat, &mut cache));
     for step in 1..steps {
@@ -99,6 +100,7 @@ fn generate_ep(
             moe: MoeRouting::Dense,
             expert_parallel,
             reuse_layers: true,
+            layer_barriers: false,
         };
         let prev = out[step - 1].tokens.clone();
         out.push(run_step(chip, cfg, weights, &spec, &prev, &mut cache));
@@ -151,6 +153,7 @@ fn programs_record_their_ops() {
         moe: MoeRouting::Dense,
         expert_parallel: false,
         reuse_layers: true,
+        layer_barriers: false,
     };
     let dp = build_decoder(&c, &chip(), &spec).unwrap_or_else(|e| panic!("{e}"));
     let n = dp.program.insts.len() as u32;
@@ -201,6 +204,7 @@ fn bad_requests_are_named_errors() {
                 moe: MoeRouting::Dense,
                 expert_parallel: false,
                 reuse_layers: true,
+                layer_barriers: false,
             },
         )
     };
@@ -220,6 +224,7 @@ fn bad_requests_are_named_errors() {
             moe: MoeRouting::Dense,
             expert_parallel: false,
             reuse_layers: true,
+            layer_barriers: false,
         },
     );
     assert!(matches!(e, Err(ProgramError::Unsupported { .. })), "{e:?}");
@@ -244,7 +249,7 @@ fn reused_layers_equal_a_full_build() {
         (chip(), 2, Phase::Decode { context: 40 }),
         (trn1, 4, Phase::Prefill { len: 20 }),
     ];
-    for (chip, tp, phase) in cases {
+    for ((chip, tp, phase), layer_barriers) in cases.into_iter().flat_map(|c| [(c.clone(), false), (c, true)]) {
         let spec = DecoderSpec {
             phase,
             batch: 2,
@@ -253,6 +258,7 @@ fn reused_layers_equal_a_full_build() {
             moe: MoeRouting::Dense,
             expert_parallel: false,
             reuse_layers: true,
+            layer_barriers,
         };
         let reused = build_decoder(&c, &chip, &spec).unwrap_or_else(|e| panic!("{e}"));
         let full = build_decoder(&c, &chip, &DecoderSpec { reuse_layers: false, ..spec.clone() })
@@ -267,6 +273,10 @@ fn reused_layers_equal_a_full_build() {
         assert_eq!(reused.inputs, full.inputs, "{phase:?}");
         assert_eq!(reused.caches, full.caches, "{phase:?}");
         assert!(trainyard_isa::validate(&reused.program, &chip).is_ok());
+        // A barrier before each layer and before the head, each one instruction.
+        let barriers: Vec<&OpSpan> = reused.ops.iter().filter(|o| o.category == OpCategory::Barrier).collect();
+        assert_eq!(barriers.len(), if layer_barriers { 7 } else { 0 }, "{phase:?}");
+        assert!(barriers.iter().all(|o| o.insts.len() == 1), "{phase:?}");
     }
 }
 
@@ -309,6 +319,7 @@ fn uniform_moe_programs_build_with_even_slots() {
         moe: MoeRouting::Uniform,
         expert_parallel: false,
         reuse_layers: true,
+        layer_barriers: false,
     };
     let dp = build_decoder(&c, &chip(), &spec).unwrap_or_else(|e| panic!("{e}"));
     assert!(dp.ops.iter().any(|o| o.label == "experts" && o.category == OpCategory::Mlp));
@@ -348,6 +359,7 @@ fn expert_parallel_moe_matches_one_core() {
         moe: MoeRouting::Uniform,
         expert_parallel: true,
         reuse_layers: true,
+        layer_barriers: false,
     };
     assert!(matches!(build_decoder(&c, &chip(), &spec), Err(ProgramError::Sharding { .. })));
     let dense = DecoderSpec { tp: 2, ..spec.clone() };
