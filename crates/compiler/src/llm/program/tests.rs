@@ -383,6 +383,7 @@ fn token_split_expert_parallelism_routes_every_slot_home() {
         moe: MoeRouting::Uniform,
         expert_parallel: true,
         reuse_layers: true,
+        layer_barriers: false,
     };
     let dp = build_decoder(&c, &chip(), &spec).unwrap_or_else(|e| panic!("{e}"));
     let labels: Vec<&str> = dp.ops.iter().filter(|o| o.layer == Some(1)).map(|o| o.label.as_str()).collect();
