@@ -238,7 +238,7 @@ fn phase_json(p: &PhaseRun) -> serde_json::Value {
     json!({
         "program": p.program, "total_ns": p.total_ns, "instructions": p.instructions,
         "build_s": p.build_s, "sim_s": p.sim_s, "instructions_by_op": p.instructions_by_op,
-        "layers": p.layers, "layers_simulated": p.layers_simulated,
+        "layers": p.layers, "layers_simulated": p.layers_simulated, "layer_ns": p.layer_ns,
     })
 }
 
@@ -248,7 +248,12 @@ fn gib(bytes: u64) -> String {
 
 fn print_figures(r: &LlmReport) {
     let phase = |p: &PhaseRun| {
-        format!("{} instructions, built in {:.2} s, simulated in {:.2} s", p.instructions, p.build_s, p.sim_s)
+        let layers = if p.layers_simulated < p.layers {
+            format!(", {} of {} layers simulated", p.layers_simulated, p.layers)
+        } else {
+            String::new()
+        };
+        format!("{} instructions{layers}, built in {:.2} s, simulated in {:.2} s", p.instructions, p.build_s, p.sim_s)
     };
     say!("TTFT        {:>10.3} ms   prefill of {} tokens ({})", r.ttft_ms, r.input_len, phase(&r.prefill));
     say!("TPOT        {:>10.3} ms   decode step at context {} ({})", r.tpot_ms, r.decode_context, phase(&r.decode));

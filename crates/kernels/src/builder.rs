@@ -992,7 +992,7 @@ mod tests {
         assert!(p.insts[after[4].0 as usize].deps.is_empty(), "same queue as the one before it");
         let opts = SimOptions { mode: Mode::TimedOnly, check_races: true, ..SimOptions::default() };
         let run = Simulator::new(&c, &p, opts).unwrap().run().unwrap();
-        let ev = |i: InstId| run.events[i.0 as usize].clone();
+        let ev = |i: InstId| run.events[i.0 as usize];
         let last_end = before.iter().map(|&i| ev(i).end_ps).max().unwrap();
         assert!(ev(join).start_ps >= last_end);
         for &a in &after {

@@ -134,6 +134,8 @@ pub struct PhaseRun {
     pub layers_simulated: u32,
     /// How the step's layers were timed, when not all were simulated.
     pub note: Option<String>,
+    /// Time of each extrapolated layer (barrier included), ns.
+    pub layer_ns: Option<f64>,
 }
 
 /// The figures of a workload.
@@ -207,6 +209,7 @@ pub fn run_phase(
         layers,
         layers_simulated: layers,
         note: None,
+        layer_ns: None,
     };
     Ok((dp, run, phase))
 }
@@ -264,13 +267,13 @@ pub fn run_phase_extrapolated(
     phase.layers = layers;
     phase.layers_simulated = EXTRAPOLATE_FROM;
     phase.note = Some(format!(
-        "layers {EXTRAPOLATE_FROM}-{} timed as layer {last} ({:.3} us each) with barriers at layer boundaries: \
+        "layers {EXTRAPOLATE_FROM}-{} timed as layer {last} with barriers at layer boundaries: \
          the model cut to {EXTRAPOLATE_FROM} layers was simulated (exact for the barriered program: each layer \
          starts on an idle machine and layers >= 2 are one instruction stream at shifted addresses; `--layer-sim \
          full` simulates every layer without barriers)",
         layers - 1,
-        layer_ps as f64 / 1e6
     ));
+    phase.layer_ns = Some(layer_ps as f64 / 1000.0);
     Ok((dp, run, phase))
 }
 
