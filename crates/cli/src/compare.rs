@@ -221,8 +221,10 @@ pub fn print(c: &Comparison) {
             r.hbm_bytes_per_core as f64 / (1u64 << 30) as f64
         );
     }
-    if let Some(notes) = c.simulated.first().map(|r| &r.notes) {
-        for n in notes {
+    let mut seen: Vec<&str> = Vec::new();
+    for n in c.simulated.iter().flat_map(|r| &r.notes) {
+        if !seen.contains(&n.as_str()) {
+            seen.push(n);
             say!("note (simulated): {n}");
         }
     }
