@@ -407,6 +407,10 @@ impl ConvStep {
 }
 
 impl Emitter for ConvStep {
+    fn half_sbuf(&self) -> bool {
+        true
+    }
+
     fn kernels(&self) -> String {
         if self.upsample.is_some() {
             "dma_copy+conv2d".into()

@@ -33,14 +33,18 @@ use crate::view::View;
 /// after a Vector add of the residual when there is one; a clamp runs on the
 /// Vector engine.
 ///
-/// Weights are loaded once per core and stay in SBUF when they fit a
-/// 96 KiB-per-partition budget (else output-channel blocks are processed in
-/// sets that fit, re-reading bands per set); bands and outputs are
+/// Weights are loaded once per core (on DMA queues 8–11, apart from the
+/// activations) and stay in SBUF when they fit a quarter of a partition's SBUF (else
+/// output-channel blocks are processed in sets that fit, re-reading bands per set);
+/// the kernel stays under half the SBUF in all. Bands and outputs are
 /// multi-buffered so DMA overlaps the matmuls. Groups: when each group has
 /// ≤ 128 input and output channels, several groups share one block with a
 /// block-diagonal weight (depthwise convolutions run as dense 128-channel
 /// matmuls instead of 1-row ones). Blocks of work (image, rows, columns) are
-/// split over the cores.
+/// split over the cores. Inputs of ≤ 32 channels fold their kernel taps into the
+/// contraction (up to 128 partitions of shifted windows, loaded from a zero-padded copy
+/// of the image in a workspace), so the stem of an image network does not run its
+/// matmuls on three PE rows.
 pub struct Conv2d;
 
 const NAME: &str = "conv2d";
@@ -56,10 +60,21 @@ const OPTIONS: &[(&str, &str)] = &[
     ("clip", "lo,hi: clamp after the activation (default none)"),
 ];
 
-/// SBUF bytes per partition for resident weights.
-const WEIGHT_BUDGET: usize = 96 * 1024;
-/// SBUF bytes per partition for input bands (all buffers).
-const BAND_BUDGET: usize = 64 * 1024;
+/// Share of a partition's SBUF for resident weights (a quarter) and for input bands
+/// (a sixth): with the output buffers a convolution stays under half the SBUF, so a
+/// compiler can place consecutive convolutions in alternate halves and load the next
+/// one's weights while this one computes.
+fn weight_budget(chip: &ChipSpec) -> usize {
+    chip.core.sbuf.bytes_per_partition as usize / 4
+}
+
+fn band_budget(chip: &ChipSpec) -> usize {
+    chip.core.sbuf.bytes_per_partition as usize / 6
+}
+
+/// First DMA queue of the weight loads: queues of their own, so that a convolution's
+/// weights can load while the previous step's activations still stream on queues 0–3.
+const WEIGHT_QUEUE: u8 = 8;
 /// Columns of one PSUM bank of f32: the most output positions per matmul.
 const BANK: usize = 512;
 /// Input channels up to which kernel taps are folded into the contraction.
@@ -276,14 +291,23 @@ struct Plan {
     /// `fold` shifted copies of the input stack on the partitions, so one matmul
     /// covers `fold` taps.
     fold: usize,
+    /// Weight buffers: 2 when sets alternate (the next set loads during this one's
+    /// matmuls), 1 when all weights stay or one block needs the whole budget.
+    weight_bufs: usize,
 }
 
 impl Plan {
-    fn new(g: ConvGeometry, p: usize, dtype: DType) -> Result<Plan, BuildError> {
+    fn new(g: ConvGeometry, chip: &ChipSpec, dtype: DType) -> Result<Plan, BuildError> {
+        let p = chip.core.tensor.rows.min(chip.core.tensor.cols) as usize;
+        let (weight_bytes, band_bytes) = (weight_budget(chip), band_budget(chip));
         let (oh, ow) = g.out_hw()?;
         let pack = ConvPacking::new(&g, p);
         let taps = g.taps();
-        let budget = WEIGHT_BUDGET / dtype.size();
+        // All weights resident (one buffer), or sets of blocks double-buffered in halves.
+        let needs: Vec<usize> = pack.blocks.iter().map(|b| b.parts.len() * taps * b.m.len()).collect();
+        let (total, largest) = (needs.iter().sum::<usize>(), needs.iter().copied().max().unwrap_or(0));
+        let whole = weight_bytes / dtype.size();
+        let (budget, weight_bufs) = if total <= whole || largest > whole / 2 { (whole, 1) } else { (whole / 2, 2) };
         let mut sets = Vec::new();
         let (mut start, mut cols, mut set_cols) = (0, 0, 0);
         for (i, b) in pack.blocks.iter().enumerate() {
@@ -292,10 +316,10 @@ impl Plan {
                 return Err(kernel_err(
                     NAME,
                     format!(
-                        "the weights of output channels {:?} take {} bytes per partition, over the {WEIGHT_BUDGET}-byte \
-                         budget",
+                        "the weights of output channels {:?} take {} bytes per partition, over the {}-byte budget",
                         b.m,
-                        need * dtype.size()
+                        need * dtype.size(),
+                        budget * dtype.size()
                     ),
                 ));
             }
@@ -331,7 +355,7 @@ impl Plan {
             } else {
                 2 * set_chunks * band.elements()
             };
-            need * dtype.size() <= BAND_BUDGET
+            need * dtype.size() <= band_bytes
         };
         while !fits(r, q) {
             if r > 1 {
@@ -342,7 +366,7 @@ impl Plan {
                 return Err(kernel_err(NAME, format!("{set_chunks} input-channel chunks do not fit SBUF")));
             }
         }
-        Ok(Plan { g, pack, oh, ow, r, q, sets, set_cols, set_chunks, fold })
+        Ok(Plan { g, pack, oh, ow, r, q, sets, set_cols, set_chunks, fold, weight_bufs })
     }
 
     /// Blocks of work: (image, output rows, output columns).
@@ -361,8 +385,18 @@ impl Plan {
 
 fn parse(chip: &ChipSpec, args: &KernelArgs) -> Result<(Plan, Epilogue), BuildError> {
     let g = ConvGeometry::parse(args)?;
-    let p = chip.core.tensor.rows.min(chip.core.tensor.cols) as usize;
-    Ok((Plan::new(g, p, args.dtype)?, epilogue(args)?))
+    Ok((Plan::new(g, chip, args.dtype)?, epilogue(args)?))
+}
+
+/// The queue of the `i`-th weight load: four queues from [`WEIGHT_QUEUE`] where the
+/// chip has them.
+fn weight_queue(chip: &ChipSpec, i: usize) -> u8 {
+    let queues = chip.core.dma.queues as usize;
+    if queues >= WEIGHT_QUEUE as usize + 4 {
+        WEIGHT_QUEUE + (i % 4) as u8
+    } else {
+        (i % queues.max(1)) as u8
+    }
 }
 
 /// How many sets of output blocks the weights of `args` are loaded in.
@@ -404,7 +438,7 @@ fn emit(kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost
     for (core, range) in split(items.len(), args.cores as usize, 1).into_iter().enumerate() {
         kb.core(core as u16)?;
         let mut t = Tiles {
-            weights: kb.sbuf_pool(&[p, plan.set_cols], dtype, if plan.sets.len() > 1 { 2 } else { 1 })?,
+            weights: kb.sbuf_pool(&[p, plan.set_cols], dtype, plan.weight_bufs)?,
             bands: kb.sbuf_pool(&[p, band_max], dtype, band_bufs)?,
             psum: kb.psum_pool(&[p, BANK], DType::F32, 2)?,
             out: kb.sbuf_pool(&[p, BANK], dtype, 3)?,
@@ -453,10 +487,10 @@ fn emit(kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost
                         for f in 0..plan.fold {
                             let gf = (taps - f).div_ceil(plan.fold);
                             let dst = wt.part(f * k..(f + 1) * k).cols(col..col + gf * mo).reshape_free(&[gf, mo]);
-                            kb.dma(dst, per_tap.slice_step(1, f..taps, plan.fold))?;
+                            kb.dma_on(weight_queue(&chip, f), dst, per_tap.slice_step(1, f..taps, plan.fold))?;
                         }
                     } else {
-                        kb.dma(wt.part(0..k).cols(col..col + n), slice.reshape(&[k, n]))?;
+                        kb.dma_on(weight_queue(&chip, pi), wt.part(0..k).cols(col..col + n), slice.reshape(&[k, n]))?;
                     }
                     wcols.insert((bi, pi), col);
                     col += n;
