@@ -135,6 +135,27 @@ pub fn figures(sel: &Selection, run: &KernelRun) -> serde_json::Value {
         "dma_gbps": run.profile.dma.gbps,
         "engines": engines,
     });
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("chips".into(), json!(chip.chips()));
+        if let Some(system) = &chip.system {
+            obj.insert("system".into(), json!(system.spec.name));
+        }
+        if let Some(c) = sel.kernel.collective_size(&sel.args) {
+            let algbw = if total_ns > 0.0 { c.bytes as f64 / total_ns } else { 0.0 };
+            obj.insert(
+                "collective".into(),
+                json!({
+                    "participants": c.participants,
+                    "message_bytes": c.bytes,
+                    "algbw_gbps": algbw,
+                    "busbw_gbps": algbw * c.bus_factor,
+                    "bus_factor": c.bus_factor,
+                }),
+            );
+        }
+        obj.insert("link_bytes".into(), json!(run.profile.dma.link_bytes));
+        obj.insert("links".into(), serde_json::to_value(&run.profile.links).unwrap_or_default());
+    }
     if let (Some(check), Some(obj)) = (&run.check, v.as_object_mut()) {
         obj.insert("max_abs_err".into(), json!(check.max_abs_err));
         obj.insert("max_rel_err".into(), json!(check.max_rel_err));
@@ -174,6 +195,31 @@ fn print_figures(v: &serde_json::Value) {
         f("pct_of_roofline")
     );
     say!("  memory      {} bytes compulsory HBM traffic, DMA {:.1} GB/s achieved", v["bytes_hbm"], f("dma_gbps"));
+    if let Some(c) = v.get("collective") {
+        let g = |k: &str| c[k].as_f64().unwrap_or(f64::NAN);
+        say!(
+            "  collective  {} participants on {} chip(s), {} bytes: algorithm bandwidth {:.1} GB/s, bus bandwidth {:.1} GB/s",
+            c["participants"],
+            v["chips"],
+            c["message_bytes"],
+            g("algbw_gbps"),
+            g("busbw_gbps")
+        );
+    }
+    if let Some(links) = v["links"].as_object().filter(|l| !l.is_empty()) {
+        let busiest = links
+            .iter()
+            .map(|(k, l)| (k, l["achieved_gbps"].as_f64().unwrap_or(0.0), l["utilization"].as_f64().unwrap_or(0.0)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((name, gbps, util)) = busiest {
+            say!(
+                "  links       {} bytes over {} links; busiest {name}: {gbps:.1} GB/s, busy {:.0}% of the time",
+                v["link_bytes"],
+                links.len(),
+                100.0 * util
+            );
+        }
+    }
     if let Some(engines) = v["engines"].as_object() {
         let parts: Vec<String> = engines
             .iter()

@@ -19,8 +19,8 @@ use trainyard_compiler::llm::checkpoint::random_checkpoint;
 use trainyard_compiler::llm::LlmConfig;
 
 pub use breakdown::Breakdown;
-pub use functional::{generate, read_checkpoint, write_checkpoint};
-pub use serve::{simulate_llm, LlmReport, LlmWorkload, PhaseRun, TpChoice};
+pub use functional::{generate, read_checkpoint, write_checkpoint, Parallel};
+pub use serve::{simulate_llm, LayerSim, LlmReport, LlmWorkload, PhaseRun, TpChoice};
 
 /// Options of `trainyard llm`.
 #[derive(Args)]
@@ -54,7 +54,7 @@ pub struct LlmArgs {
     /// Time only, with synthetic weights (no values): for real model sizes.
     #[arg(long)]
     timed_only: bool,
-    /// Write a Perfetto trace of the simulated steps.
+    /// Write a Perfetto trace of the simulated steps (timed-only: prefill and decode; functional: every step).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
     /// Print one JSON object.
@@ -75,12 +75,19 @@ pub struct LlmArgs {
     /// Seed of the random checkpoint and prompts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// MoE: spread the experts over the cores (expert parallelism) instead of slicing each one.
+    #[arg(long)]
+    ep: bool,
     /// Timed-only: run the simulator's race checker too (slower).
     #[arg(long)]
     race_check: bool,
     /// Functional: skip the race checker.
     #[arg(long)]
     no_race_check: bool,
+    /// Timed-only: `extrapolate` (barriers at layer boundaries; 4 layers simulated, later
+    /// layers timed as layer 3, exact for that program) or `full` (every layer, no barriers).
+    #[arg(long, default_value = "extrapolate", value_name = "full|extrapolate")]
+    layer_sim: LayerSim,
 }
 
 #[derive(Subcommand)]
@@ -174,26 +181,12 @@ fn timed(args: &LlmArgs, cfg: LlmConfig, chip: ChipSpec, tp: TpChoice) -> Result
         output_len: args.output_len.unwrap_or(256),
         dtype: dtype_or(args, DType::Bf16)?,
         check_races: args.race_check,
+        expert_parallel: args.ep,
+        layer_sim: args.layer_sim,
     };
     let r = simulate_llm(&w, args.trace.as_deref())?;
     if args.json {
-        let v = json!({
-            "mode": "timed-only",
-            "model": r.model, "chip": r.chip, "chips": r.chips, "tp": r.tp, "dtype": r.dtype,
-            "batch": r.batch, "input_len": r.input_len, "output_len": r.output_len,
-            "decode_context": r.decode_context,
-            "ttft_ms": r.ttft_ms, "tpot_ms": r.tpot_ms, "tokens_per_s": r.tokens_per_s,
-            "hbm_bytes_per_core": r.hbm_bytes_per_core,
-            "memory": r.memory,
-            "breakdown": {
-                "method": "critical_path",
-                "prefill": r.prefill.breakdown,
-                "decode": r.decode.breakdown,
-            },
-            "prefill": phase_json(&r.prefill),
-            "decode": phase_json(&r.decode),
-            "notes": r.notes,
-        });
+        let v = timed_json(&r);
         say!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -220,10 +213,32 @@ fn timed(args: &LlmArgs, cfg: LlmConfig, chip: ChipSpec, tp: TpChoice) -> Result
     Ok(())
 }
 
+/// The `--json` object of a timed-only run.
+fn timed_json(r: &LlmReport) -> serde_json::Value {
+    json!({
+        "mode": "timed-only",
+        "model": r.model, "chip": r.chip, "chips": r.chips, "tp": r.tp, "dtype": r.dtype,
+        "batch": r.batch, "input_len": r.input_len, "output_len": r.output_len,
+        "decode_context": r.decode_context,
+        "ttft_ms": r.ttft_ms, "tpot_ms": r.tpot_ms, "tokens_per_s": r.tokens_per_s,
+        "hbm_bytes_per_core": r.hbm_bytes_per_core,
+        "memory": r.memory,
+        "breakdown": {
+            "method": "critical_path",
+            "prefill": r.prefill.breakdown,
+            "decode": r.decode.breakdown,
+        },
+        "prefill": phase_json(&r.prefill),
+        "decode": phase_json(&r.decode),
+        "notes": r.notes,
+    })
+}
+
 fn phase_json(p: &PhaseRun) -> serde_json::Value {
     json!({
         "program": p.program, "total_ns": p.total_ns, "instructions": p.instructions,
-        "build_s": p.build_s, "sim_s": p.sim_s,
+        "build_s": p.build_s, "sim_s": p.sim_s, "instructions_by_op": p.instructions_by_op,
+        "layers": p.layers, "layers_simulated": p.layers_simulated,
     })
 }
 
@@ -311,9 +326,12 @@ fn functional(args: &LlmArgs, cfg: LlmConfig, chip: ChipSpec, tp: TpChoice) -> R
         output_len: steps as u64,
         dtype,
         check_races: !args.no_race_check,
+        expert_parallel: args.ep,
+        layer_sim: LayerSim::Full,
     };
     let plan = w.plan()?;
-    let g = generate(&w.cfg, &w.chip, plan.tp, dtype, &weights, &prompts, steps, w.check_races)?;
+    let par = Parallel { tp: plan.tp, expert_parallel: args.ep };
+    let g = generate(&w.cfg, &w.chip, par, dtype, &weights, &prompts, steps, w.check_races, args.trace.as_deref())?;
     let ttft_ms = g.steps.first().map_or(0.0, |s| s.sim_ns / 1e6);
     let decode: Vec<f64> = g.steps.iter().skip(1).map(|s| s.sim_ns / 1e6).collect();
     let tpot_ms = if decode.is_empty() { 0.0 } else { decode.iter().sum::<f64>() / decode.len() as f64 };
@@ -374,4 +392,121 @@ fn functional(args: &LlmArgs, cfg: LlmConfig, chip: ChipSpec, tp: TpChoice) -> R
         say!("every generated token matches the host reference");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(name: &str) -> LlmConfig {
+        LlmConfig::bundled(name).unwrap()
+    }
+
+    fn workload(model: &str, tp: TpChoice, batch: u32, input_len: u64, output_len: u64) -> LlmWorkload {
+        LlmWorkload {
+            cfg: cfg(model),
+            chip: ChipSpec::by_name("trn2").unwrap(),
+            chips: 1,
+            tp,
+            batch,
+            input_len,
+            output_len,
+            dtype: DType::Bf16,
+            check_races: true,
+            expert_parallel: false,
+            layer_sim: LayerSim::Full,
+        }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("trainyard-llm-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A checkpoint written by `init-checkpoint` and read back drives a functional run whose
+    /// greedy tokens equal the host reference's, at TP=1 and TP=2.
+    #[test]
+    fn checkpoint_file_round_trip_generates_the_reference_tokens() {
+        let c = cfg("tiny-llama");
+        let dir = temp("ckpt");
+        let path = dir.join("tiny.safetensors");
+        write_checkpoint(&path, &random_checkpoint(&c, 3).unwrap()).unwrap();
+        let weights = read_checkpoint(&path).unwrap();
+        assert_eq!(weights, random_checkpoint(&c, 3).unwrap());
+        let chip = ChipSpec::by_name("trn2").unwrap();
+        let prompts = vec![vec![1, 2, 3, 4], vec![300, 20, 7, 99]];
+        for tp in [1, 2] {
+            let par = Parallel { tp, expert_parallel: false };
+            let trace = (tp == 2).then(|| dir.join("functional.json"));
+            let g = generate(&c, &chip, par, DType::F32, &weights, &prompts, 3, true, trace.as_deref()).unwrap();
+            assert!(g.matches, "tp={tp}: {:?}", g.steps);
+            assert_eq!(g.steps.len(), 3);
+            assert!(g.steps.iter().all(|s| s.max_logit_diff < 1e-3 && s.sim_ns > 0.0));
+        }
+        let t: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("functional.json")).unwrap()).unwrap();
+        let text = t.to_string();
+        assert!(text.contains("decode 2: ops") && text.contains("prefill: trn2 core 1"), "trace names its steps");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn memory_plan_errors_say_by_how_much() {
+        // 8B in bf16 on one 12 GiB core: 15.4 GiB needed.
+        let e = workload("llama-3.1-8b", TpChoice::Fixed(1), 1, 2048, 256).plan().unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("over by") && msg.contains("GiB") && msg.contains("weights is the largest part"), "{msg}");
+        // --tp auto takes the smallest degree that fits.
+        assert_eq!(workload("llama-3.1-8b", TpChoice::Auto, 1, 2048, 256).plan().unwrap().tp, 2);
+        // 405B does not fit one chip at any degree: the closest miss is reported.
+        let e = workload("llama-3.1-405b", TpChoice::Auto, 1, 2048, 256).plan().unwrap_err();
+        assert!(format!("{e:#}").contains("tp=8: needs"), "{e:#}");
+    }
+
+    /// Timed-only figures of a small model over 2 cores: the JSON keys of the contract, shares
+    /// that add up, collectives among them, and a trace with both steps and their ops.
+    #[test]
+    fn timed_report_has_the_contract_keys() {
+        let w = workload("tiny-llama", TpChoice::Fixed(2), 2, 40, 8);
+        let dir = temp("trace");
+        let trace = dir.join("t.json");
+        let r = simulate_llm(&w, Some(&trace)).unwrap();
+        assert_eq!((r.tp, r.chips, r.decode_context), (2, 1, 44));
+        assert!(r.ttft_ms > r.tpot_ms && r.tpot_ms > 0.0);
+        assert!((r.tokens_per_s - 2.0 * 1e3 / r.tpot_ms).abs() < 1e-9);
+        let v = timed_json(&r);
+        for key in ["ttft_ms", "tpot_ms", "tokens_per_s", "hbm_bytes_per_core", "breakdown"] {
+            assert!(v.get(key).is_some(), "missing `{key}`");
+        }
+        assert_eq!(v["hbm_bytes_per_core"], r.memory.total);
+        for phase in [&r.prefill.breakdown, &r.decode.breakdown] {
+            assert!((phase.by_category.values().sum::<f64>() - 1.0).abs() < 1e-9);
+            assert!((phase.by_op.values().sum::<f64>() - 1.0).abs() < 1e-9);
+            assert!(phase.collectives.contains_key("all_reduce.attn"), "{:?}", phase.collectives);
+        }
+        let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+        let names: Vec<&str> = t["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == "process_name")
+            .filter_map(|e| e["args"]["name"].as_str())
+            .collect();
+        assert!(names.contains(&"prefill: ops") && names.contains(&"decode: trn2 core 1"), "{names:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn options_are_checked() {
+        assert_eq!(parse_tp("auto").unwrap(), TpChoice::Auto);
+        assert_eq!(parse_tp("8").unwrap(), TpChoice::Fixed(8));
+        assert!(parse_tp("0").is_err() && parse_tp("x").is_err());
+        assert_eq!(parse_prompt("1, 2,3").unwrap(), vec![1, 2, 3]);
+        assert!(parse_prompt("1,a").unwrap_err().to_string().contains("`a`"));
+        let p = random_prompts(384, 2, 5, 1);
+        assert_eq!((p.len(), p[0].len()), (2, 5));
+        assert!(p.iter().flatten().all(|&t| t < 384));
+        assert_eq!(p, random_prompts(384, 2, 5, 1));
+    }
 }

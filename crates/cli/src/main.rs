@@ -9,6 +9,8 @@ macro_rules! say {
 }
 
 mod bench;
+mod bench_llm;
+mod compare;
 mod kernels;
 mod llm;
 mod model;
@@ -47,20 +49,29 @@ enum Command {
         /// Chip name or chip TOML file.
         #[arg(long, default_value = DEFAULT_CHIP)]
         chip: String,
+        /// Chips of the chip's smallest system that has this many (the program spans them).
+        #[arg(long, default_value_t = 1)]
+        chips: u32,
     },
     /// Run a program on a simulated chip.
     Run(RunArgs),
-    /// Run the bundled demo kernel on the default chip and print its profile.
+    /// The demo: `compare` on Llama-3.1-8B (batch 1, 2048 in / 256 out); `--matmul` runs the kernel demo instead.
     Demo {
-        /// Chip name or chip TOML file.
+        /// Run the tiled bf16 matmul kernel demo (values checked, profile, Perfetto trace) instead.
+        #[arg(long)]
+        matmul: bool,
+        /// Chip of the matmul demo (name or chip TOML file).
         #[arg(long, default_value = DEFAULT_CHIP)]
         chip: String,
-        /// Where to write the Perfetto trace.
+        /// Where the matmul demo writes its Perfetto trace.
         #[arg(long, default_value = "trainyard-demo.trace.json")]
         trace: PathBuf,
         /// Matmul size M×K×N.
         #[arg(long, default_value = "512x1024x1024")]
         shape: String,
+        /// Sequences in flight (comparison demo).
+        #[arg(long, default_value_t = 1)]
+        batch: u32,
     },
     /// Convert a program between text and binary forms (by output extension: `.tyb` binary, else text).
     Convert {
@@ -107,6 +118,8 @@ enum Command {
     },
     /// LLM prefill and decode programs from the kernel library on simulated chips: TTFT, TPOT, tokens/s.
     Llm(llm::LlmArgs),
+    /// One LLM serving workload on every chip (Neuron simulated, GPUs analytic), priced, against h100.
+    Compare(CompareArgs),
     /// Run an ONNX model on the reference interpreter.
     Interpret(onnx::InterpretArgs),
     /// Compile an ONNX model for a simulated chip into a program (`-o MODEL.tyb`).
@@ -118,6 +131,74 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Bundled model name (e.g. llama-3.1-8b; see models/).
+    #[arg(long)]
+    model: Option<String>,
+    /// Any Hugging Face config.json.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Sequences in flight.
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 2048)]
+    input_len: u64,
+    /// Generated tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    output_len: u64,
+    /// Weight, KV-cache and activation dtype.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Price kind for every row: capacity-block (default), on-demand or reserved.
+    #[arg(long, default_value = "capacity-block")]
+    price: String,
+    /// Only these chips (repeatable), e.g. --chip trn2 --chip h100.
+    #[arg(long)]
+    chip: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_price_kind(text: &str) -> Result<trainyard_arch::PriceKind> {
+    use trainyard_arch::PriceKind;
+    match text.to_ascii_lowercase().replace('_', "-").as_str() {
+        "capacity-block" | "cb" => Ok(PriceKind::CapacityBlock),
+        "on-demand" | "od" => Ok(PriceKind::OnDemand),
+        "reserved" | "ri" => Ok(PriceKind::Reserved),
+        _ => bail!("--price `{text}`: expected capacity-block, on-demand or reserved"),
+    }
+}
+
+fn compare_cmd(args: CompareArgs) -> Result<()> {
+    let cfg = match (args.model.as_deref(), args.config.as_deref()) {
+        (_, Some(path)) => trainyard_compiler::llm::LlmConfig::load(path)?,
+        (Some(name), None) => trainyard_compiler::llm::LlmConfig::bundled(name)?,
+        (None, None) => bail!(
+            "give --model NAME or --config FILE (bundled: {})",
+            trainyard_compiler::llm::bundled_names().join(", ")
+        ),
+    };
+    let req = compare::CompareRequest {
+        cfg,
+        batch: args.batch,
+        input_len: args.input_len,
+        output_len: args.output_len,
+        dtype: args.dtype.parse()?,
+        price: parse_price_kind(&args.price)?,
+        only: args.chip,
+    };
+    let c = compare::compare(&req)?;
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        compare::print(&c);
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -133,9 +214,12 @@ struct KernelSel {
     /// Element type.
     #[arg(long, default_value = "bf16")]
     dtype: String,
-    /// NeuronCores to spread the work over.
+    /// NeuronCores to spread the work over (numbered over all chips).
     #[arg(long, default_value_t = 1)]
     cores: u16,
+    /// Chips of the chip's smallest system that has this many (multi-chip kernels such as collectives).
+    #[arg(long, default_value_t = 1)]
+    chips: u32,
     /// Kernel option KEY=VALUE (repeatable), e.g. --opt transpose_a=true.
     #[arg(long = "opt", value_name = "KEY=VALUE")]
     opts: Vec<String>,
@@ -184,6 +268,15 @@ enum BenchWhat {
         #[arg(long)]
         quick: bool,
     },
+    /// Wall time of the LLM decode steps the speed targets name (8B on one trn2, 70B on 64 cores).
+    Llm {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The 8B case only.
+        #[arg(long)]
+        quick: bool,
+    },
     /// The fixed kernel suite against the chips' peaks and rooflines (timed-only).
     Kernels {
         /// Print JSON.
@@ -202,6 +295,9 @@ struct RunArgs {
     /// Chip name or chip TOML file.
     #[arg(long, default_value = DEFAULT_CHIP)]
     chip: String,
+    /// Chips of the chip's smallest system that has this many (the program spans them).
+    #[arg(long, default_value_t = 1)]
+    chips: u32,
     /// Bind an input: NAME=FILE.npy, or NAME=FILE.safetensors (tensor NAME inside).
     #[arg(long = "input", value_name = "NAME=FILE")]
     inputs: Vec<String>,
@@ -260,11 +356,27 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Chips { json } => chips(json),
-        Command::Check { program, chip } => check(&program, &chip),
+        Command::Check { program, chip, chips } => check(&program, &chip, chips),
         Command::Run(args) => run(args),
-        Command::Demo { chip, trace, shape } => demo(&chip, &trace, &shape),
+        Command::Demo { matmul: true, chip, trace, shape, .. } => demo(&chip, &trace, &shape),
+        Command::Demo { matmul: false, batch, .. } => {
+            say!("trainyard demo: Llama-3.1-8B served on every chip (`trainyard compare --model llama-3.1-8b`)");
+            compare_cmd(CompareArgs {
+                model: Some("llama-3.1-8b".into()),
+                config: None,
+                batch,
+                input_len: 2048,
+                output_len: 256,
+                dtype: "bf16".into(),
+                price: "capacity-block".into(),
+                chip: Vec::new(),
+                json: false,
+            })
+        }
+        Command::Compare(args) => compare_cmd(args),
         Command::Convert { input, output } => convert(&input, &output),
         Command::Bench { what: BenchWhat::Sim { json, quick } } => bench::sim(json, quick),
+        Command::Bench { what: BenchWhat::Llm { json, quick } } => bench_llm::llm(json, quick),
         Command::Bench { what: BenchWhat::Kernels { json, quick } } => kernels::bench_suite(json, quick),
         Command::Kernels { json } => kernels::list(json),
         Command::Llm(args) => llm::llm(args),
@@ -275,11 +387,13 @@ fn dispatch(cli: Cli) -> Result<()> {
             model::model(model.as_deref(), config.as_deref(), &dtype, batch, input_len, output_len, json)
         }
         Command::Kernel { what: KernelWhat::Bench { sel, timed_only, json, seed, trace, no_race_check } } => {
-            let s = kernels::select(&sel.name, &sel.chip, sel.shape.as_deref(), &sel.dtype, sel.cores, &sel.opts)?;
+            let mut s = kernels::select(&sel.name, &sel.chip, sel.shape.as_deref(), &sel.dtype, sel.cores, &sel.opts)?;
+            s.chip = s.chip.with_chips(sel.chips)?;
             kernels::bench(s, timed_only, json, seed, trace.as_deref(), no_race_check)
         }
         Command::Kernel { what: KernelWhat::Emit { sel, output } } => {
-            let s = kernels::select(&sel.name, &sel.chip, sel.shape.as_deref(), &sel.dtype, sel.cores, &sel.opts)?;
+            let mut s = kernels::select(&sel.name, &sel.chip, sel.shape.as_deref(), &sel.dtype, sel.cores, &sel.opts)?;
+            s.chip = s.chip.with_chips(sel.chips)?;
             kernels::emit(s, &output)
         }
     }
@@ -371,8 +485,8 @@ fn chips(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn check(path: &Path, chip: &str) -> Result<()> {
-    let chip = load_chip(chip)?;
+fn check(path: &Path, chip: &str, chips: u32) -> Result<()> {
+    let chip = load_chip(chip)?.with_chips(chips)?;
     let program = load_program(path)?;
     let errors = trainyard_isa::validate_all(&program, &chip);
     if errors.is_empty() {
@@ -401,7 +515,7 @@ fn run(args: RunArgs) -> Result<()> {
     if args.check {
         bail!("--check compares a model's outputs with the interpreter: give an .onnx model or a compiled one");
     }
-    let chip = load_chip(&args.chip)?;
+    let chip = load_chip(&args.chip)?.with_chips(args.chips)?;
     let program = load_program(&args.program)?;
     let mode = if args.timed_only { Mode::TimedOnly } else { Mode::Functional };
     if args.timed_only && (args.out.is_some() || !args.inputs.is_empty()) {

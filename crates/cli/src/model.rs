@@ -1,9 +1,9 @@
 //! `trainyard model`: what an LLM needs (parameters, memory per core, the
 //! smallest tensor-parallel degree per chip) and the analytic GPU estimates.
 //!
-//! Simulated Trainium serving times need decoder programs built from the
-//! kernel library, which do not exist yet; this command says so rather than
-//! estimating them.
+//! Simulated Trainium serving times come from `trainyard llm` (decoder
+//! programs built from the kernel library); this command points there rather
+//! than estimating them.
 
 use anyhow::Result;
 use serde_json::json;
@@ -33,7 +33,7 @@ fn chips_per_instance(chip: &str) -> u32 {
 /// `1 − (1 − k/E)^batch`, of the expert weights is read (uniform routing, an
 /// assumption). Tensor parallelism all-reduces the hidden state twice per
 /// layer (after attention and after the MLP).
-fn workload(cfg: &LlmConfig, dtype: DType, batch: u32, input_len: u64, output_len: u64) -> Workload {
+pub(crate) fn workload(cfg: &LlmConfig, dtype: DType, batch: u32, input_len: u64, output_len: u64) -> Workload {
     let b = f64::from(batch);
     let bytes = dtype.size() as f64;
     let hidden = f64::from(cfg.hidden_size());
@@ -158,7 +158,7 @@ pub fn model(
             "trainium_memory_plan": trainium,
             "gpu_analytic": table,
             "gpu_notes": gpu_notes,
-            "simulated": "not yet: LLM decoder programs are not built yet",
+            "simulated": "see `trainyard llm` (simulated prefill and decode programs) and `trainyard compare`",
         });
         say!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -221,7 +221,7 @@ pub fn model(
             gib(&r["hbm_bytes_per_core"]),
         );
     }
-    say!("(simulated serving times on Trainium need the LLM decoder programs, not built yet)");
+    say!("(simulated serving times on Trainium: `trainyard llm --timed-only`, or `trainyard compare` for every chip)");
     say!(
         "\nGPU comparison points (analytic roofline, efficiency factors cited in chips/*.toml; capacity-block prices):"
     );

@@ -170,7 +170,7 @@ fn convert_round_trips_text_and_binary() {
 fn demo_runs_and_checks_itself() {
     let dir = scratch("demo");
     let trace = dir.join("demo.json");
-    let out = ok(&["demo", "--shape", "128x256x512", "--trace", trace.to_str().unwrap()]);
+    let out = ok(&["demo", "--matmul", "--shape", "128x256x512", "--trace", trace.to_str().unwrap()]);
     assert!(out.contains("check: max |C - reference|") && out.contains("core0.tensor"), "{out}");
     assert!(trace.exists());
 }
@@ -189,4 +189,74 @@ fn model_reports_memory_plans_and_labelled_gpu_estimates() {
     assert!(err.contains("gpt2") && err.contains("llama-3.1-8b"), "{err}");
     let err = fails(&["run", "examples/tiny_matmul.tys", "--chip", "/nonexistent/chip.toml"]);
     assert!(err.contains("/nonexistent/chip.toml"), "{err}");
+}
+
+#[test]
+fn compare_prices_gpus_against_h100_in_json() {
+    let out = ok(&[
+        "compare",
+        "--model",
+        "llama-3.2-1b",
+        "--input-len",
+        "64",
+        "--output-len",
+        "8",
+        "--chip",
+        "h100",
+        "--chip",
+        "a100",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v["table"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let h100 = rows.iter().find(|r| r["chip"] == "h100").unwrap();
+    assert_eq!(h100["ratio_vs_baseline"].as_f64(), Some(1.0));
+    for key in
+        ["ttft_ms", "tpot_ms", "tokens_per_s", "usd_per_hour", "usd_per_m_output_tokens", "tokens_per_s_per_usd_hour"]
+    {
+        assert!(h100[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {h100}");
+    }
+    assert!(fails(&["compare", "--model", "llama-3.2-1b", "--price", "cheap"]).contains("--price"));
+}
+
+#[test]
+fn collectives_span_chips_and_report_bandwidth() {
+    let out = ok(&[
+        "kernel",
+        "bench",
+        "all_reduce",
+        "--chip",
+        "trn2",
+        "--chips",
+        "2",
+        "--cores",
+        "4",
+        "--shape",
+        "1000",
+        "--dtype",
+        "bf16",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["chips"].as_u64(), v["check_passed"].as_bool()), (Some(2), Some(true)), "{v}");
+    assert_eq!(v["system"], "trn2.48xlarge");
+    let c = &v["collective"];
+    assert!(c["algbw_gbps"].as_f64().unwrap() > 0.0 && c["busbw_gbps"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["link_bytes"].as_u64().unwrap() > 0 && v["links"].as_object().is_some_and(|l| !l.is_empty()), "{v}");
+    // A program spanning chips is emitted, checked and run with the same --chips.
+    let dir = scratch("collective");
+    let file = dir.join("ar.tys");
+    let f = file.to_str().unwrap();
+    ok(&["kernel", "emit", "all_gather", "--chip", "trn1", "--chips", "2", "--cores", "2", "--shape", "8,4", "-o", f]);
+    assert!(ok(&["check", f, "--chip", "trn1", "--chips", "2"]).contains("ok for trn1"));
+    assert!(fails(&["check", f, "--chip", "trn1"]).contains("exceed"));
+    let out = ok(&["run", f, "--chip", "trn1", "--chips", "2", "--random-inputs", "--json"]);
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["chips"].as_u64(), Some(2));
+    assert!(p["links"].as_object().is_some_and(|l| !l.is_empty()), "{p}");
+    let err = fails(&["kernel", "bench", "all_reduce", "--chip", "trn2", "--chips", "65", "--cores", "65"]);
+    assert!(err.contains("no system of 65 chips"), "{err}");
+    let err = fails(&["kernel", "bench", "all_reduce", "--chip", "trn2", "--chips", "2", "--cores", "3"]);
+    assert!(err.contains("--cores 3"), "{err}");
 }

@@ -6,8 +6,10 @@
 //! and MatMul+Add(+activation) and chooses partition-axis layouts.
 //!
 //! [`llm`] holds Hugging Face `config.json` import for the Llama, Mistral, Mixtral
-//! and Qwen2/Qwen3 families, parameter / FLOP / KV-cache accounting, and a per-core memory
-//! plan for tensor-parallel inference (`--tp auto`).
+//! and Qwen2/Qwen3 families, parameter / FLOP / KV-cache accounting, a per-core memory
+//! plan for tensor-parallel inference (`--tp auto`), the decoder programs of prefill and
+//! decode steps built from the kernel library ([`llm::program`]) and their host reference
+//! ([`llm::reference`]).
 //!
 //! ```
 //! use trainyard_arch::DType;

@@ -731,14 +731,45 @@ impl KernelBuilder {
 
     /// Appends `op` on the current core with its computed dependencies.
     pub(crate) fn push(&mut self, op: Op) -> Result<InstId, BuildError> {
+        self.push_with(op, false)
+    }
+
+    /// [`KernelBuilder::push`]; a `join` also waits for every queue's last instruction and
+    /// is waited for by every later one (see [`KernelBuilder::barrier`]).
+    fn push_with(&mut self, op: Op, join: bool) -> Result<InstId, BuildError> {
         let id = self.program.insts.len();
         if id >= u32::MAX as usize {
             return Err(BuildError::TooManyInstructions { max: u32::MAX as u64 });
         }
         let operands: Vec<(Ap, Role)> = op.operands().into_iter().map(|(_, ap, role)| (*ap, role)).collect();
-        let deps = self.deps.add(self.core, op.unit(), &operands);
+        let deps = if join {
+            self.deps.add_join(self.core, op.unit(), &operands)
+        } else {
+            self.deps.add(self.core, op.unit(), &operands)
+        };
         self.program.insts.push(Inst { op, core: self.core, deps });
         Ok(InstId(id as u32))
+    }
+
+    /// A barrier: every instruction appended after it, on any core and any engine or DMA
+    /// queue, starts only after every instruction appended before it has finished.
+    ///
+    /// It is a join: one 1-element Vector-engine memset on a scratch SBUF tile of the
+    /// current core (allocated and freed here) that waits for the last instruction of every
+    /// queue of every core used so far; every later instruction waits for it, directly or
+    /// through an earlier instruction of its queue, and the dependency tracker drops later
+    /// waits on anything before it as implied. So the barrier costs one small instruction
+    /// (the simulator's fixed Vector-engine cost of a 1-element memset) on the critical path,
+    /// plus the cross-engine semaphore latency of its waits and wake-ups; a real barrier's
+    /// semaphore cost is not published (HW-SYNC-COST, HW-GAP-LIST) and the chip spec's
+    /// `semaphore_ns` stands for it. Returns the join's id.
+    pub fn barrier(&mut self) -> Result<InstId, BuildError> {
+        let tile = self.sbuf_tile(&[1, 1], DType::F32)?;
+        let dst = self.operand("memset", "dst", &tile)?;
+        let op = Op::Memset { engine: trainyard_isa::Engine::Vector, dst, value: 0.0 };
+        let id = self.push_with(op, true)?;
+        self.free(tile)?;
+        Ok(id)
     }
 
     /// The finished program, checked with `trainyard_isa::validate` against the chip.
@@ -908,6 +939,70 @@ mod tests {
         assert_eq!((b.core_window(), b.current_core()), ((0, 8), 4));
         b.free(t).unwrap();
         b.finish().unwrap();
+    }
+
+    #[test]
+    fn barrier_orders_everything_after_it_behind_everything_before_it() {
+        use trainyard_isa::Engine;
+        use trainyard_sim::{Mode, SimOptions, Simulator};
+        let c = chip("trn2").with_chips(2).unwrap();
+        let mut b = KernelBuilder::new("k", &c);
+        let x = b.hbm_input("x", &[128, 512], DType::F32).unwrap();
+        let y = b.hbm_output("y", &[128, 512], DType::F32).unwrap();
+        let mut before = Vec::new();
+        // Uneven work on several cores and queues, some of it long, so that without the
+        // barrier the later instructions (on idle units) would start at once.
+        let mut tiles = Vec::new();
+        for (core, rows) in [(0u16, 128usize), (3, 64), (9, 128)] {
+            b.core(core).unwrap();
+            let t = b.sbuf_tile(&[rows, 512], DType::F32).unwrap();
+            for q in 0..4 {
+                before.push(b.dma_on(q, t.rows(0..rows / 2), x.rows(0..rows / 2)).unwrap());
+            }
+            before.push(b.memset(Engine::GpSimd, t.rows(rows / 2..rows), 1.0).unwrap());
+            before.push(b.copy(Engine::Scalar, t.rows(0..rows / 2), t.rows(rows / 2..rows)).unwrap());
+            tiles.push(t);
+        }
+        b.core(5).unwrap();
+        let join = b.barrier().unwrap();
+        let mut after = Vec::new();
+        // Other cores, queues and engines, and a read of a tile written before the barrier.
+        b.core(12).unwrap();
+        let u = b.sbuf_tile(&[8, 8], DType::F32).unwrap();
+        after.push(b.memset(Engine::Vector, &u, 0.0).unwrap());
+        after.push(b.dma_on(7, &u, x.cols(0..8).rows(0..8)).unwrap());
+        b.core(3).unwrap();
+        after.push(b.dma_on(5, y.rows(0..64), &tiles[1]).unwrap());
+        b.core(0).unwrap();
+        after.push(b.memset(Engine::Vector, tiles[0].cols(0..4), 2.0).unwrap());
+        after.push(b.memset(Engine::Vector, tiles[0].cols(4..8), 3.0).unwrap());
+        b.core(12).unwrap();
+        b.free(u).unwrap();
+        let p = b.finish().unwrap();
+        crate::check::assert_race_free_with_joins(&p, &[join.0 as usize]);
+        let join_inst = &p.insts[join.0 as usize];
+        assert_eq!(join_inst.core, 5);
+        // Every later instruction waits for the join, directly or through its queue, and no
+        // later wait names an instruction before the join (implied).
+        for &a in &after {
+            let deps: Vec<u32> = p.insts[a.0 as usize].deps.iter().map(|d| d.0).collect();
+            assert!(deps.iter().all(|&d| d >= join.0), "{a:?} waits on {deps:?}");
+        }
+        assert_eq!(p.insts[after[0].0 as usize].deps, [join]);
+        assert!(p.insts[after[4].0 as usize].deps.is_empty(), "same queue as the one before it");
+        let opts = SimOptions { mode: Mode::TimedOnly, check_races: true, ..SimOptions::default() };
+        let run = Simulator::new(&c, &p, opts).unwrap().run().unwrap();
+        let ev = |i: InstId| run.events[i.0 as usize].clone();
+        let last_end = before.iter().map(|&i| ev(i).end_ps).max().unwrap();
+        assert!(ev(join).start_ps >= last_end);
+        for &a in &after {
+            assert!(ev(a).start_ps >= ev(join).end_ps, "{a:?} starts at {} before the join ends", ev(a).start_ps);
+        }
+        // The barrier frees its scratch tile.
+        let mut b = KernelBuilder::new("k", &c);
+        let free = b.sbuf_free_bytes();
+        b.barrier().unwrap();
+        assert_eq!(b.sbuf_free_bytes(), free);
     }
 
     #[test]

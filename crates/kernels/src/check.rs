@@ -51,6 +51,12 @@ fn has(set: &[u64], i: usize) -> bool {
 /// Panics unless every pair of conflicting accesses is ordered, every
 /// dependency is a real conflict, and no dependency is implied by the others.
 pub(crate) fn assert_race_free(p: &Program) {
+    assert_race_free_with_joins(p, &[]);
+}
+
+/// [`assert_race_free`] for a program with barriers: waits for and by the join
+/// instructions `joins` need no conflict (they order everything by design).
+pub(crate) fn assert_race_free_with_joins(p: &Program, joins: &[usize]) {
     let hb = happens_before(p);
     let mut by_cell: HashMap<Cell, Vec<(usize, bool)>> = HashMap::new();
     for (i, inst) in p.insts.iter().enumerate() {
@@ -78,7 +84,8 @@ pub(crate) fn assert_race_free(p: &Program) {
         let prev = last.insert((inst.core, inst.op.unit()), j);
         for d in &inst.deps {
             let d = d.0 as usize;
-            assert!(conflicts.contains(&(d, j)), "{j} waits for {d} without a conflict");
+            let join = joins.contains(&d) || joins.contains(&j);
+            assert!(join || conflicts.contains(&(d, j)), "{j} waits for {d} without a conflict");
             let implied = prev.is_some_and(|q| q == d || has(&hb[q], d))
                 || inst.deps.iter().map(|e| e.0 as usize).any(|e| e != d && has(&hb[e], d));
             assert!(!implied, "{j}: dependency on {d} is implied by another");

@@ -44,6 +44,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use trainyard_isa::{Ap, Dim, InstId, Role, Space, Unit};
 
@@ -107,25 +108,62 @@ fn unit_key(core: u16, unit: Unit) -> u32 {
     (core as u32) << 16 | idx
 }
 
-/// For each unit, the latest instruction known to be complete (sorted by unit).
+/// For each unit, the latest instruction known to be complete.
+///
+/// Kept per core, each core's entries (sorted by unit) in a shared chunk: an
+/// instruction's clock is its unit predecessor's plus a few raised entries,
+/// so cloning shares every untouched core's chunk instead of copying it
+/// (after a collective over many cores a clock names units of all of them,
+/// and one flat copy per instruction dominated build time and memory).
 #[derive(Clone, Debug, Default)]
-struct Clock(Vec<(u32, u32)>);
+struct Clock(Vec<Option<CoreClock>>);
+
+/// One core's part of a [`Clock`]: `(unit index on the core, instruction)`, sorted, shared.
+type CoreClock = Arc<Vec<(u16, u32)>>;
 
 impl Clock {
+    fn split(unit: u32) -> (usize, u16) {
+        ((unit >> 16) as usize, (unit & 0xffff) as u16)
+    }
+
     fn get(&self, unit: u32) -> Option<u32> {
-        self.0.binary_search_by_key(&unit, |&(u, _)| u).ok().map(|i| self.0[i].1)
+        let (core, idx) = Clock::split(unit);
+        let chunk = self.0.get(core)?.as_ref()?;
+        chunk.binary_search_by_key(&idx, |&(u, _)| u).ok().map(|i| chunk[i].1)
     }
 
     fn raise(&mut self, unit: u32, inst: u32) {
-        match self.0.binary_search_by_key(&unit, |&(u, _)| u) {
-            Ok(i) => self.0[i].1 = self.0[i].1.max(inst),
-            Err(i) => self.0.insert(i, (unit, inst)),
+        let (core, idx) = Clock::split(unit);
+        if self.0.len() <= core {
+            self.0.resize(core + 1, None);
+        }
+        let chunk = self.0[core].get_or_insert_with(Default::default);
+        match chunk.binary_search_by_key(&idx, |&(u, _)| u) {
+            Ok(i) if chunk[i].1 >= inst => {}
+            Ok(i) => Arc::make_mut(chunk)[i].1 = inst,
+            Err(i) => Arc::make_mut(chunk).insert(i, (idx, inst)),
         }
     }
 
     fn merge(&mut self, other: &Clock) {
-        for &(u, i) in &other.0 {
-            self.raise(u, i);
+        if self.0.len() < other.0.len() {
+            self.0.resize(other.0.len(), None);
+        }
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            let Some(theirs) = theirs else { continue };
+            match mine {
+                None => *mine = Some(Arc::clone(theirs)),
+                Some(m) if Arc::ptr_eq(m, theirs) => {}
+                Some(m) => {
+                    for &(idx, inst) in theirs.iter() {
+                        match m.binary_search_by_key(&idx, |&(u, _)| u) {
+                            Ok(i) if m[i].1 >= inst => {}
+                            Ok(i) => Arc::make_mut(m)[i].1 = inst,
+                            Err(i) => Arc::make_mut(m).insert(i, (idx, inst)),
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -326,12 +364,32 @@ pub(crate) struct DepTracker {
     units: Vec<u32>,
     clocks: Vec<Clock>,
     last_on_unit: QuickMap<u32, u32>,
+    /// The latest join ([`DepTracker::add_join`]): every later instruction waits for it.
+    fence: Option<u32>,
 }
 
 impl DepTracker {
     /// Registers the next instruction (id = number registered so far) and
     /// returns the instructions it must wait for, ascending.
     pub(crate) fn add(&mut self, core: u16, unit: Unit, operands: &[(Ap, Role)]) -> Vec<InstId> {
+        self.add_waiting(core, unit, operands, &[])
+    }
+
+    /// Registers a join: the next instruction, which also waits for the last instruction of
+    /// every unit so far, and which every later instruction then waits for (directly, or
+    /// through an earlier instruction of its unit). Its clock holds every unit's last
+    /// instruction, so later waits on anything before it are dropped as implied.
+    pub(crate) fn add_join(&mut self, core: u16, unit: Unit, operands: &[(Ap, Role)]) -> Vec<InstId> {
+        let mut lasts: Vec<u32> = self.last_on_unit.values().copied().collect();
+        lasts.sort_unstable();
+        let inst = self.units.len() as u32;
+        let deps = self.add_waiting(core, unit, operands, &lasts);
+        self.fence = Some(inst);
+        deps
+    }
+
+    /// [`DepTracker::add`] with `extra` instructions to wait for besides the memory conflicts.
+    fn add_waiting(&mut self, core: u16, unit: Unit, operands: &[(Ap, Role)], extra: &[u32]) -> Vec<InstId> {
         let inst = self.units.len() as u32;
         let uk = unit_key(core, unit);
         let accesses: Vec<Access> = operands.iter().filter_map(|(ap, role)| Access::new(ap, *role, core)).collect();
@@ -352,6 +410,8 @@ impl DepTracker {
             }
         }
 
+        found.extend_from_slice(extra);
+        found.extend(self.fence);
         // Latest first: an earlier instruction can never imply a later one.
         found.sort_unstable_by(|a, b| b.cmp(a));
         found.dedup();

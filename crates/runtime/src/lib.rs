@@ -47,7 +47,7 @@ mod trace;
 pub use error::RuntimeError;
 pub use npy::{read_npy, write_npy};
 pub use profile::{
-    unit_key, CriticalStep, DmaProfile, EngineProfile, Profile, QueueProfile, CRITICAL_PATH_CAP, WAIT_KEY,
+    unit_key, CriticalStep, DmaProfile, EngineProfile, LinkProfile, Profile, QueueProfile, CRITICAL_PATH_CAP, WAIT_KEY,
 };
 pub use session::{output_file_name, Session};
 pub use st::read_safetensors;

@@ -52,6 +52,24 @@ pub struct DmaProfile {
     pub gbps: f64,
     /// Per queue, keyed `core0.q3`.
     pub queues: BTreeMap<String, QueueProfile>,
+    /// Bytes carried over chip-to-chip links, counted once per link crossed (0 on one chip).
+    #[serde(default)]
+    pub link_bytes: u64,
+}
+
+/// Traffic of one chip-to-chip link (multi-chip runs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkProfile {
+    /// Link bandwidth, GB/s.
+    pub gbps: f64,
+    /// Bytes carried.
+    pub bytes: u64,
+    /// Time with data moving over it, ns.
+    pub busy_ns: f64,
+    /// `busy_ns / total_ns`, in [0, 1].
+    pub utilization: f64,
+    /// `bytes / total_ns`, GB/s.
+    pub achieved_gbps: f64,
 }
 
 /// One instruction on the critical path.
@@ -95,6 +113,13 @@ pub struct Profile {
     pub engines: BTreeMap<String, EngineProfile>,
     /// DMA activity.
     pub dma: DmaProfile,
+    /// Chips simulated (1 unless the chip spec spans a system).
+    #[serde(default = "one")]
+    pub chips: u32,
+    /// Per chip-to-chip link that carried data, keyed by link name (`chip0.x+`);
+    /// empty on one chip.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub links: BTreeMap<String, LinkProfile>,
     /// The chain of instructions that decided the total time, first to last
     /// (the last [`CRITICAL_PATH_CAP`] of them; empty without recorded events).
     pub critical_path: Vec<CriticalStep>,
@@ -114,6 +139,10 @@ pub fn unit_key(core: u16, unit: Unit) -> String {
         Unit::Engine(e) => format!("core{core}.{}", e.name()),
         Unit::Dma(q) => format!("core{core}.q{q}"),
     }
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn ns(ps: u64) -> f64 {
@@ -175,7 +204,25 @@ impl Profile {
                 hbm_bytes: r.hbm_bytes,
                 gbps: if total_ns > 0.0 { r.dma_bytes as f64 / total_ns } else { 0.0 },
                 queues,
+                link_bytes: r.link_bytes,
             },
+            chips: chip.chips(),
+            links: r
+                .links
+                .iter()
+                .map(|l| {
+                    let busy_ns = ns(l.busy_ps);
+                    let achieved = if total_ns > 0.0 { l.bytes as f64 / total_ns } else { 0.0 };
+                    let p = LinkProfile {
+                        gbps: l.gbps,
+                        bytes: l.bytes,
+                        busy_ns,
+                        utilization: util(busy_ns),
+                        achieved_gbps: achieved,
+                    };
+                    (l.name.clone(), p)
+                })
+                .collect(),
             critical_path_len: critical_path.len() as u64,
             critical_path: kept,
             critical_path_truncated: truncated,
@@ -220,6 +267,25 @@ impl Profile {
                     pct(q.utilization),
                     q.transfers,
                     fmt_bytes(q.bytes)
+                );
+            }
+        }
+        if !self.links.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nlinks     {} chips, {} carried over chip-to-chip links",
+                self.chips,
+                fmt_bytes(self.dma.link_bytes)
+            );
+            let _ = writeln!(s, "{:<18} {:>12} {:>7} {:>12} {:>12}", "link", "busy", "util", "bytes", "GB/s");
+            for (k, l) in &self.links {
+                let _ = writeln!(
+                    s,
+                    "{k:<18} {:>12} {:>7} {:>12} {:>12.1}",
+                    fmt_ns(l.busy_ns),
+                    pct(l.utilization),
+                    fmt_bytes(l.bytes),
+                    l.achieved_gbps
                 );
             }
         }

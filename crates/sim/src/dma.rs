@@ -176,18 +176,29 @@ pub fn placement(chip: &ChipSpec, core: u16, op: &Op, routes: &mut Routes) -> Op
     Some(Placement { hbm, route, hops })
 }
 
+/// Where a transfer in flight on a multi-chip system puts its load.
+#[derive(Clone, Debug)]
+struct Spread {
+    bytes: u64,
+    /// Bytes moved per engine-ns of work.
+    bytes_per_work: f64,
+    hbm: [(u32, u32); 2],
+    route: u32,
+}
+
 #[derive(Clone, Debug)]
 struct Active {
     inst: u32,
     core: u16,
     remaining: f64,
     max_engines: f64,
-    bytes: u64,
-    /// Bytes moved per engine-ns of work.
-    bytes_per_work: f64,
-    hbm: [(u32, u32); 2],
-    route: u32,
+    /// HBM bytes per engine-ns of work (one chip).
+    hbm_per_work: f64,
     rate: f64,
+    /// Multi-chip systems only: index of the chips' HBM and the links it
+    /// loads in [`Fluid::spreads`] (`u32::MAX` on one chip, keeping this
+    /// struct as small as before systems existed).
+    spread: u32,
 }
 
 /// Transfers in flight and their current rates (engine-ns of work per ns).
@@ -197,6 +208,8 @@ pub(crate) struct Fluid {
     now_ps: u64,
     engines_per_core: f64,
     hbm_bytes_per_ns: f64,
+    /// True on a multi-chip system: HBM is capped per chip and links are resources.
+    system: bool,
     routes: Routes,
     /// Capacity of each link, bytes/ns.
     link_gbps: Vec<f64>,
@@ -208,6 +221,9 @@ pub(crate) struct Fluid {
     busy_links: Vec<u32>,
     link_bytes: Vec<u64>,
     link_busy_ps: Vec<u64>,
+    /// Slab of the active transfers' [`Spread`]s and its free slots.
+    spreads: Vec<Spread>,
+    free_spreads: Vec<u32>,
 }
 
 impl Fluid {
@@ -222,6 +238,7 @@ impl Fluid {
             now_ps: 0,
             engines_per_core: chip.core.dma.engines as f64,
             hbm_bytes_per_ns: chip.chip.hbm_gbps,
+            system: chip.chips() > 1,
             routes,
             link_bytes: vec![0; link_gbps.len()],
             link_busy_ps: vec![0; link_gbps.len()],
@@ -229,6 +246,8 @@ impl Fluid {
             load: vec![0.0; resources],
             factor: vec![1.0; resources],
             busy_links: Vec::new(),
+            spreads: Vec::new(),
+            free_spreads: Vec::new(),
         }
     }
 
@@ -248,17 +267,30 @@ impl Fluid {
     }
 
     pub fn add(&mut self, inst: u32, core: u16, shape: &TransferShape, placement: &Placement, work_ns: f64) {
-        let bytes_per_work = if work_ns > 0.0 { shape.bytes as f64 / work_ns } else { 0.0 };
+        let hbm_per_work = if work_ns > 0.0 { shape.bytes as f64 * shape.hbm_sides as f64 / work_ns } else { 0.0 };
+        let mut spread = u32::MAX;
+        if self.system {
+            let bytes_per_work = if work_ns > 0.0 { shape.bytes as f64 / work_ns } else { 0.0 };
+            let s = Spread { bytes: shape.bytes, bytes_per_work, hbm: placement.hbm, route: placement.route };
+            spread = match self.free_spreads.pop() {
+                Some(k) => {
+                    self.spreads[k as usize] = s;
+                    k
+                }
+                None => {
+                    self.spreads.push(s);
+                    self.spreads.len() as u32 - 1
+                }
+            };
+        }
         self.active.push(Active {
             inst,
             core,
             remaining: work_ns,
             max_engines: shape.max_engines as f64,
-            bytes: shape.bytes,
-            bytes_per_work,
-            hbm: placement.hbm,
-            route: placement.route,
+            hbm_per_work,
             rate: 0.0,
+            spread,
         });
         self.recompute();
     }
@@ -280,21 +312,23 @@ impl Fluid {
     }
 
     pub fn remove(&mut self, inst: u32) {
-        if let Some(k) = self.active.iter().position(|a| a.inst == inst) {
-            let a = self.active.remove(k);
-            for &l in self.routes.links(a.route) {
-                self.link_bytes[l as usize] += a.bytes;
+        if self.system {
+            if let Some(a) = self.active.iter().find(|a| a.inst == inst) {
+                let k = a.spread;
+                if let Some(s) = self.spreads.get(k as usize) {
+                    for &l in self.routes.links(s.route) {
+                        self.link_bytes[l as usize] += s.bytes;
+                    }
+                    self.free_spreads.push(k);
+                }
             }
         }
+        self.active.retain(|a| a.inst != inst);
         self.recompute();
     }
 
     /// Max-min fair share of each core's engines, then a proportional
-    /// throttle where a shared resource saturates: a chip's HBM
-    /// (HW-CHIP-*-HBM, HW-HBM-SHARE) or a chip-to-chip link (assumption:
-    /// links share like HBM). Each resource over capacity gets the factor
-    /// capacity / demand; a transfer is slowed by the smallest factor of the
-    /// resources it uses, so no resource ends over capacity.
+    /// throttle of HBM-touching transfers if the chip's HBM saturates.
     fn recompute(&mut self) {
         self.active.sort_by(|a, b| {
             (a.core, a.max_engines, a.inst)
@@ -313,14 +347,34 @@ impl Fluid {
             }
             i = end;
         }
+        if self.system {
+            self.throttle_system();
+            return;
+        }
+        let hbm: f64 = self.active.iter().map(|a| a.rate * a.hbm_per_work).sum();
+        if hbm > self.hbm_bytes_per_ns {
+            let f = self.hbm_bytes_per_ns / hbm;
+            for a in self.active.iter_mut().filter(|a| a.hbm_per_work > 0.0) {
+                a.rate *= f;
+            }
+        }
+    }
+
+    /// The throttle on a multi-chip system, where a shared resource is a
+    /// chip's HBM (HW-CHIP-*-HBM, HW-HBM-SHARE) or a chip-to-chip link
+    /// (assumption: links share like HBM). Each resource over capacity gets
+    /// the factor capacity / demand; a transfer is slowed by the smallest
+    /// factor of the resources it uses, so no resource ends over capacity.
+    fn throttle_system(&mut self) {
         let chips = self.load.len() - self.link_gbps.len();
         self.load.fill(0.0);
         for a in &self.active {
-            for &(chip, sides) in a.hbm.iter().filter(|h| h.1 > 0) {
-                self.load[chip as usize] += a.rate * (a.bytes_per_work * sides as f64);
+            let Some(s) = self.spreads.get(a.spread as usize) else { continue };
+            for &(chip, sides) in s.hbm.iter().filter(|h| h.1 > 0) {
+                self.load[chip as usize] += a.rate * (s.bytes_per_work * sides as f64);
             }
-            for &l in self.routes.links(a.route) {
-                self.load[chips + l as usize] += a.rate * a.bytes_per_work;
+            for &l in self.routes.links(s.route) {
+                self.load[chips + l as usize] += a.rate * s.bytes_per_work;
             }
         }
         let mut throttled = false;
@@ -331,22 +385,22 @@ impl Fluid {
         }
         if throttled {
             for a in self.active.iter_mut() {
-                let hbm = a.hbm.iter().filter(|h| h.1 > 0).map(|h| self.factor[h.0 as usize]);
-                let links = self.routes.links(a.route).iter().map(|&l| self.factor[chips + l as usize]);
+                let Some(s) = self.spreads.get(a.spread as usize) else { continue };
+                let hbm = s.hbm.iter().filter(|h| h.1 > 0).map(|h| self.factor[h.0 as usize]);
+                let links = self.routes.links(s.route).iter().map(|&l| self.factor[chips + l as usize]);
                 let f = hbm.chain(links).fold(1.0f64, f64::min);
                 if f < 1.0 {
                     a.rate *= f;
                 }
             }
         }
-        if !self.link_gbps.is_empty() {
-            self.busy_links.clear();
-            for a in self.active.iter().filter(|a| a.rate > 0.0) {
-                self.busy_links.extend_from_slice(self.routes.links(a.route));
-            }
-            self.busy_links.sort_unstable();
-            self.busy_links.dedup();
+        self.busy_links.clear();
+        let spreads = &self.spreads;
+        for s in self.active.iter().filter(|a| a.rate > 0.0).filter_map(|a| spreads.get(a.spread as usize)) {
+            self.busy_links.extend_from_slice(self.routes.links(s.route));
         }
+        self.busy_links.sort_unstable();
+        self.busy_links.dedup();
     }
 }
 

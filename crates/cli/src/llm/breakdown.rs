@@ -28,6 +28,12 @@ pub struct Breakdown {
 impl Breakdown {
     /// The critical-path shares of `run` over `ops` (instruction ranges in order).
     pub fn of_run(ops: &[OpSpan], run: &RunResult) -> Breakdown {
+        Breakdown::of_run_weighted(ops, run, |_| 1)
+    }
+
+    /// [`Breakdown::of_run`] with each op's critical-path time counted `weight(op)` times
+    /// (an op standing for that many identical ones, as a timed layer for later layers).
+    pub fn of_run_weighted(ops: &[OpSpan], run: &RunResult, weight: impl Fn(&OpSpan) -> u64) -> Breakdown {
         let mut ns_by_op: Vec<u64> = vec![0; ops.len()];
         let mut prev_end = 0u64;
         for id in &run.critical_path {
@@ -37,6 +43,9 @@ impl Breakdown {
             if let Some(i) = op_of(ops, id.0) {
                 ns_by_op[i] += seg;
             }
+        }
+        for (ps, op) in ns_by_op.iter_mut().zip(ops) {
+            *ps *= weight(op);
         }
         let total: u64 = ns_by_op.iter().sum();
         let mut b = Breakdown::default();

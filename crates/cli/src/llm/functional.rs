@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::breakdown::Breakdown;
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_compiler::llm::program::{build_decoder, DecoderSpec, HostCache, Phase, LOGITS, NEXT_TOKEN};
+use trainyard_compiler::llm::program::{build_decoder, DecoderSpec, HostCache, MoeRouting, Phase, LOGITS, NEXT_TOKEN};
 use trainyard_compiler::llm::reference::{greedy, HostWeight, WeightMap};
 use trainyard_compiler::llm::LlmConfig;
 use trainyard_isa::TensorKind;
@@ -44,6 +44,15 @@ pub fn write_checkpoint(path: &Path, weights: &WeightMap) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// How the functional run is spread over cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parallel {
+    /// Tensor-parallel degree.
+    pub tp: u32,
+    /// MoE experts spread over the cores.
+    pub expert_parallel: bool,
 }
 
 /// One generated step on the device, next to the reference.
@@ -87,12 +96,13 @@ pub struct Generation {
 pub fn generate(
     cfg: &LlmConfig,
     chip: &ChipSpec,
-    tp: u32,
+    par: Parallel,
     dtype: DType,
     weights: &WeightMap,
     prompts: &[Vec<u32>],
     steps: usize,
     check_races: bool,
+    trace: Option<&Path>,
 ) -> Result<Generation> {
     let Some(len) = prompts.first().map(Vec::len) else { bail!("no prompt to generate from") };
     if len == 0 || prompts.iter().any(|p| p.len() != len) {
@@ -111,11 +121,21 @@ pub fn generate(
     let mut tokens: Vec<u32> = prompts.iter().flatten().copied().collect();
     let mut out = Vec::with_capacity(steps);
     let mut shares = Vec::with_capacity(steps);
+    let mut traced = Vec::new();
     for (i, reference) in want.iter().enumerate() {
         let phase = if i == 0 { Phase::Prefill { len } } else { Phase::Decode { context: len + i } };
-        let spec = DecoderSpec { phase, batch, dtype, tp, reuse_layers: true };
+        let spec = DecoderSpec {
+            phase,
+            batch,
+            dtype,
+            tp: par.tp,
+            moe: MoeRouting::Dense,
+            expert_parallel: par.expert_parallel,
+            reuse_layers: true,
+            layer_barriers: false,
+        };
         let dp = build_decoder(cfg, chip, &spec)?;
-        let opts = SimOptions { check_races, ..SimOptions::default() };
+        let opts = SimOptions { check_races, record_events: true, ..SimOptions::default() };
         let mut session = Session::new(chip, &dp.program, opts)?;
         for t in dp.program.tensors.iter().filter(|t| t.kind == TensorKind::Input) {
             let values = dp.input_values(cfg, &t.name, weights, &tokens, &cache)?;
@@ -145,9 +165,19 @@ pub fn generate(
             sim_ns: profile.total_ns,
         });
         tokens = next;
+        if trace.is_some() {
+            if let Some(run) = session.result().cloned() {
+                drop(session);
+                traced.push((if i == 0 { "prefill".to_string() } else { format!("decode {i}") }, dp, run));
+            }
+        }
+    }
+    if let Some(path) = trace {
+        let steps: Vec<(&str, &_, &_)> = traced.iter().map(|(n, dp, run)| (n.as_str(), dp, run)).collect();
+        super::trace::write(path, chip, &steps)?;
     }
     let matches = out.iter().all(|s| s.tokens == s.reference);
     let prefill = shares.first().cloned().unwrap_or_default();
     let last_decode = if shares.len() > 1 { shares.pop() } else { None };
-    Ok(Generation { tp, dtype: dtype.name().to_string(), steps: out, matches, prefill, last_decode })
+    Ok(Generation { tp: par.tp, dtype: dtype.name().to_string(), steps: out, matches, prefill, last_decode })
 }

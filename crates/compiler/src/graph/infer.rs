@@ -276,6 +276,9 @@ fn types_of(op: &Op, ins: &[TensorType]) -> Res<Vec<TensorType>> {
                     false,
                 )?);
             }
+            if let Some(a) = &c.activation {
+                unary_dtype(a, x.dtype)?;
+            }
             one(x.dtype, shape)
         }
         Op::ConvTranspose(c) => {
@@ -744,7 +747,7 @@ mod tests {
         let f = DataType::F32;
         let window =
             Window { kernel: vec![3, 3], strides: vec![2, 2], pads: vec![(1, 1), (1, 1)], dilations: vec![1, 1] };
-        let conv = Op::Conv(Conv { window: window.clone(), group: 1 });
+        let conv = Op::Conv(Conv { window: window.clone(), group: 1, activation: None });
         let o = output_types(&conv, &[t(f, &[1, 3, 224, 224]), t(f, &[64, 3, 3, 3])]).unwrap();
         assert_eq!(o[0].shape, vec![1, 64, 112, 112]);
         let e = output_types(&conv, &[t(f, &[1, 4, 8, 8]), t(f, &[64, 3, 3, 3])]).unwrap_err();

@@ -220,6 +220,8 @@ pub struct Conv {
     pub window: Window,
     /// Channel groups.
     pub group: usize,
+    /// An activation applied after the bias (set by [`crate::passes::fuse_conv`]).
+    pub activation: Option<Unary>,
 }
 
 /// Transposed convolution: weight C×(M/group)×kernel.

@@ -217,7 +217,12 @@ pub(crate) fn conv(c: &Conv, inputs: &[&Tensor], o: &TensorType) -> Result<Tenso
             *v += bv[(i / osz) % m];
         }
     }
-    Tensor::from_f64(o.dtype, o.shape.clone(), out)
+    let t = Tensor::from_f64(o.dtype, o.shape.clone(), out)?;
+    match &c.activation {
+        // Rounded before the activation, as the separate nodes were.
+        Some(a) => super::elementwise::unary(a, &t, o),
+        None => Ok(t),
+    }
 }
 
 pub(crate) fn conv_transpose(c: &ConvTranspose, inputs: &[&Tensor], o: &TensorType) -> Result<Tensor, String> {
@@ -347,7 +352,7 @@ mod tests {
             let span = d * (k - 1) + 1;
             prop_assume!(h + 2 * p >= span && wd + 2 * p >= span);
             let window = Window { kernel: vec![k, k], strides: vec![s, s], pads: vec![(p, p); 2], dilations: vec![d, d] };
-            let conv = Conv { window: window.clone(), group: g };
+            let conv = Conv { window: window.clone(), group: g, activation: None };
             let x = Tensor::from_f32(vec![n, g * cg, h, wd], &values(n * g * cg * h * wd, seed)).unwrap();
             let w = Tensor::from_f32(vec![g * mg, cg, k, k], &values(g * mg * cg * k * k, seed + 1)).unwrap();
             let b = Tensor::from_f32(vec![g * mg], &values(g * mg, seed + 2)).unwrap();

@@ -68,6 +68,9 @@ pub enum InterpError {
         /// The bound shape.
         shape: Vec<usize>,
     },
+    /// The graph breaks an IR invariant (see [`Graph::verify`]).
+    #[error("{0}")]
+    Invalid(#[from] crate::graph::GraphError),
     /// An op failed on its values (e.g. an index out of range).
     #[error("node `{node}` ({op_type}): {reason}")]
     Node {
@@ -176,7 +179,11 @@ pub fn resize_taps(
 }
 
 /// Runs `graph` with its inputs bound by name; returns every graph output by name.
+///
+/// The graph is verified first, so a hand-built graph with inconsistent types is an
+/// error rather than a panic.
 pub fn run(graph: &Graph, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, InterpError> {
+    graph.verify()?;
     let mut env: Vec<Option<Arc<Tensor>>> = graph.values.iter().map(|v| v.constant.clone()).collect();
     for name in inputs.keys() {
         if !graph.inputs.iter().any(|&i| &graph.value(i).name == name) {

@@ -6,6 +6,11 @@
 //! * [`accounting`] — parameter counts, FLOPs per token, KV-cache and weight bytes.
 //! * [`memory`] — per-core weights + KV cache + activations under tensor parallelism,
 //!   [`plan_memory`] and [`smallest_tp`].
+//! * [`weights`] — the checkpoint tensors of a config (Hugging Face names, shapes, roles).
+//! * [`program`] — prefill and decode-step programs built from the kernel library,
+//!   tensor- and expert-parallel over cores and chips ([`program::build_decoder`]).
+//! * [`reference`](mod@reference) — the same model in f64 on the host, with greedy decoding; [`rope`] —
+//!   RoPE tables with the config's scaling; [`checkpoint`] — random checkpoints of small configs.
 
 pub mod accounting;
 pub mod checkpoint;

@@ -300,6 +300,7 @@ fn conv_op(k: usize, stride: usize, pad: usize, group: usize) -> Op {
             dilations: vec![1, 1],
         },
         group,
+        activation: None,
     })
 }
 
@@ -379,13 +380,18 @@ fn convolutions_with_fused_batch_norm_residual_and_relu() {
         }),
         vec![mp, wt],
     );
-    g.outputs.extend([r2, lrn, gap, n2, ct]);
+    // An activation the passes fuse into the Conv that the kernel's epilogue lacks.
+    let w3 = g.add_constant("w3", random(&[4, 3, 1, 1], 6, -0.5, 0.5));
+    let c3 = node(&mut g, "conv3", "Conv", conv_op(1, 1, 0, 1), vec![x, w3]);
+    let l3 = node(&mut g, "leaky", "LeakyRelu", Op::Unary(Unary::LeakyRelu(0.2)), vec![c3]);
+    g.outputs.extend([r2, lrn, gap, n2, ct, l3]);
     let inputs = HashMap::from([("x".into(), random(&[2, 3, 9, 9], 7, -1.0, 1.0))]);
     for (chip_name, cores) in [("trn2", 1), ("trn1", 2)] {
         let c = check_on(&g, &inputs, chip_name, LowerOptions { cores, ..Default::default() }, 1e-4);
         let types: Vec<&str> = c.ops.iter().map(|o| o.op_type.as_str()).collect();
         assert!(types.contains(&"Conv+BatchNormalization+Relu"), "{types:?}");
         assert!(types.iter().any(|t| t.starts_with("Conv+Add")), "{types:?}");
+        assert!(c.ops.iter().any(|o| o.op_type == "Conv+LeakyRelu" && o.kernel == "conv2d+elementwise"), "{:?}", c.ops);
         if cores == 2 {
             assert_eq!(c.parallelism, Parallelism::DataParallel { cores: 2, batch: 2 });
             let used: std::collections::BTreeSet<u16> = c.program.insts.iter().map(|i| i.core).collect();

@@ -13,9 +13,11 @@ use crate::graph::{infer, DataType, Graph, Tensor, TensorType, ValueId};
 /// are evaluated during import, so shape arguments computed from shapes resolve.
 const EVAL_LIMIT: usize = 1 << 16;
 
+/// The main graph (`Model::decode` refuses models without one; a hand-made `Model`
+/// may still lack it, which reads as an empty graph and fails on its outputs).
 fn graph_of(model: &Model) -> &GraphProto {
-    // `Model::decode` refuses models without a graph.
-    model.proto.graph.as_ref().expect("checked on decode")
+    static EMPTY: std::sync::OnceLock<GraphProto> = std::sync::OnceLock::new();
+    model.proto.graph.as_ref().unwrap_or_else(|| EMPTY.get_or_init(GraphProto::default))
 }
 
 fn io_err(kind: &'static str, name: &str, reason: impl Into<String>) -> OnnxError {
@@ -173,6 +175,9 @@ fn topo_order(g: &GraphProto, defined: &HashSet<&str>) -> Result<Vec<usize>, Onn
 }
 
 pub(super) fn import(model: &Model, opts: &ImportOptions) -> Result<Graph, OnnxError> {
+    if model.proto.graph.is_none() {
+        return Err(OnnxError::Model { what: model.source.clone(), reason: "the model has no graph".into() });
+    }
     check_opsets(model)?;
     let opset = model.opset();
     let g = graph_of(model);

@@ -161,3 +161,89 @@ pub fn fuse_elementwise(g: &mut Graph) -> usize {
         merges += 1;
     }
 }
+
+/// A rewrite: the node removed, the node replaced, its replacement and the new
+/// constants it reads (appended to its inputs).
+type Rewrite = (usize, usize, Node, Vec<(String, crate::graph::Tensor)>);
+
+/// Folds an inference `BatchNormalization` into the `Conv` before it when the weights,
+/// bias and statistics are constants (`w' = w·γ/σ`, `b' = (b − μ)·γ/σ + β` per
+/// output channel, `σ = √(var + ε)`), then fuses a `Conv` whose only reader is an
+/// activation. Returns the number of rewrites. Folding changes rounding (the result is
+/// one convolution instead of two steps) but not the mathematics.
+pub fn fuse_conv(g: &mut Graph) -> usize {
+    let mut fused = 0;
+    loop {
+        let uses = g.use_counts();
+        let mut change: Option<Rewrite> = None;
+        for (k, n) in g.nodes.iter().enumerate() {
+            let Op::Conv(conv) = &n.op else { continue };
+            let Some(&out) = n.outputs.first() else { continue };
+            let Some(r) = sole_reader(g, &uses, out) else { continue };
+            let reader = &g.nodes[r];
+            match &reader.op {
+                Op::BatchNorm { epsilon, momentum: None } if conv.activation.is_none() && reader.inputs[0] == out => {
+                    let konst = |v: ValueId| g.value(v).constant.clone();
+                    let (Some(w), Some(params)) =
+                        (konst(n.inputs[1]), reader.inputs[1..5].iter().map(|&v| konst(v)).collect::<Option<Vec<_>>>())
+                    else {
+                        continue;
+                    };
+                    let bias = match n.inputs.get(2) {
+                        Some(&b) => match konst(b) {
+                            Some(b) => b.to_f64_vec(),
+                            None => continue,
+                        },
+                        None => vec![0.0; w.shape()[0]],
+                    };
+                    let p: Vec<Vec<f64>> = params.iter().map(|t| t.to_f64_vec()).collect();
+                    let m = w.shape()[0];
+                    let per = w.len() / m.max(1);
+                    let factor: Vec<f64> = (0..m).map(|c| p[0][c] / (p[3][c] + epsilon).sqrt()).collect();
+                    let wv: Vec<f64> =
+                        w.to_f64_vec().iter().enumerate().map(|(i, &x)| x * factor[i / per.max(1)]).collect();
+                    let bv: Vec<f64> = (0..m).map(|c| (bias[c] - p[2][c]) * factor[c] + p[1][c]).collect();
+                    let (Ok(wt), Ok(bt)) = (
+                        crate::graph::Tensor::from_f64(w.dtype(), w.shape().to_vec(), wv),
+                        crate::graph::Tensor::from_f64(w.dtype(), vec![m], bv),
+                    ) else {
+                        continue;
+                    };
+                    let node = Node {
+                        name: n.name.clone(),
+                        op_type: format!("{}+{}", n.op_type, reader.op_type),
+                        op: n.op.clone(),
+                        inputs: vec![n.inputs[0]],
+                        outputs: reader.outputs.clone(),
+                    };
+                    let names = vec![(format!("{}:folded_w", n.name), wt), (format!("{}:folded_b", n.name), bt)];
+                    change = Some((k, r, node, names));
+                    break;
+                }
+                Op::Unary(u) if conv.activation.is_none() && is_activation(u) => {
+                    let mut c = conv.clone();
+                    c.activation = Some(u.clone());
+                    let node = Node {
+                        name: n.name.clone(),
+                        op_type: format!("{}+{}", n.op_type, reader.op_type),
+                        op: Op::Conv(c),
+                        inputs: n.inputs.clone(),
+                        outputs: reader.outputs.clone(),
+                    };
+                    change = Some((k, r, node, vec![]));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some((first, last, mut node, constants)) = change else { return fused };
+        for (name, t) in constants {
+            node.inputs.push(g.add_constant(&name, t));
+        }
+        g.nodes[last] = node;
+        let mut keep = vec![true; g.nodes.len()];
+        keep[first] = false;
+        compact(g, &keep);
+        fused += 1;
+    }
+}

@@ -28,7 +28,7 @@ mod fuse;
 mod layout;
 
 pub use fold::{fold_constants, remove_dead_code, remove_identities};
-pub use fuse::{fuse_elementwise, fuse_matmul};
+pub use fuse::{fuse_conv, fuse_elementwise, fuse_matmul};
 pub use layout::choose_layouts;
 
 use crate::graph::{Graph, GraphError, NodeId, ValueId};
@@ -58,15 +58,16 @@ pub enum PassError {
     },
 }
 
-/// Runs every pass in order (fold, identities, dead code, MatMul fusion, elementwise
-/// fusion, dead code, layouts), verifying the graph after each. Returns `(pass, rewrites)` pairs.
+/// Runs every pass in order (fold, identities, dead code, MatMul fusion, Conv
+/// fusion, elementwise fusion, dead code, layouts), verifying the graph after each. Returns `(pass, rewrites)` pairs.
 pub fn optimize(g: &mut Graph) -> Result<Vec<(&'static str, usize)>, PassError> {
     type PassFn = fn(&mut Graph) -> Result<usize, PassError>;
-    let pipeline: [(&'static str, PassFn); 7] = [
+    let pipeline: [(&'static str, PassFn); 8] = [
         ("fold-constants", fold_constants),
         ("remove-identities", |g| Ok(remove_identities(g))),
         ("remove-dead-code", |g| Ok(remove_dead_code(g))),
         ("fuse-matmul", |g| Ok(fuse_matmul(g))),
+        ("fuse-conv", |g| Ok(fuse_conv(g))),
         ("fuse-elementwise", |g| Ok(fuse_elementwise(g))),
         ("remove-dead-code", |g| Ok(remove_dead_code(g))),
         ("choose-layouts", |g| Ok(choose_layouts(g))),

@@ -78,6 +78,45 @@ fn fuses_matmul_bias_activation() {
 }
 
 #[test]
+fn folds_batch_norm_into_conv_and_fuses_the_activation() {
+    use crate::graph::{Conv, Window};
+    let mut g = Graph::new("cbr");
+    let x = g.add_input("x", TensorType::new(DataType::F32, vec![2, 3, 6, 6]));
+    let w = g.add_constant("w", f32t(&[4, 3, 3, 3], 1));
+    let b = g.add_constant("b", f32t(&[4], 2));
+    let params: Vec<_> = (0..4)
+        .map(|i| {
+            let t = f32t(&[4], 10 + i);
+            // A positive variance.
+            let t = if i == 3 {
+                Tensor::from_f64(DataType::F32, vec![4], t.to_f64_vec().iter().map(|v| v.abs() + 0.1).collect())
+                    .unwrap()
+            } else {
+                t
+            };
+            g.add_constant(&format!("bn{i}"), t)
+        })
+        .collect();
+    let window = Window { kernel: vec![3, 3], strides: vec![1, 1], pads: vec![(1, 1); 2], dilations: vec![1, 1] };
+    let c =
+        g.add_node("conv", "Conv", Op::Conv(Conv { window, group: 1, activation: None }), vec![x, w, b]).unwrap()[0];
+    let mut bn_in = vec![c];
+    bn_in.extend(&params);
+    let n = g.add_node("bn", "BatchNormalization", Op::BatchNorm { epsilon: 1e-5, momentum: None }, bn_in).unwrap()[0];
+    let y = g.add_node("relu", "Relu", Op::Unary(Unary::Relu), vec![n]).unwrap()[0];
+    g.outputs.push(y);
+    let inputs = HashMap::from([("x".to_string(), f32t(&[2, 3, 6, 6], 7))]);
+    let before = run(&g, &inputs);
+    optimize(&mut g).unwrap();
+    assert_eq!(g.nodes.len(), 1);
+    assert_eq!(g.nodes[0].op_type, "Conv+BatchNormalization+Relu");
+    let after = run(&g, &inputs);
+    for (a, b) in after[0].to_f64_vec().iter().zip(before[0].to_f64_vec()) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+    }
+}
+
+#[test]
 fn does_not_fuse_a_bias_that_grows_the_product() {
     let mut g = Graph::new("bcast");
     let x = g.add_input("x", TensorType::new(DataType::F32, vec![1, 4]));

@@ -1,31 +1,41 @@
 //! Kernels of the `collective` family: all-reduce, all-gather, reduce-scatter
 //! and all-to-all as real programs over HBM tensors that live on several
-//! cores and chips. Data between chips moves by DMA over the system's modelled
-//! links ([`trainyard_arch::SystemLayout`]); sums are Vector-engine adds in SBUF.
+//! cores and chips. Data between chips moves by DMA over the system's
+//! modelled links ([`trainyard_arch::SystemLayout`]); the issuing core's DMA
+//! engines do the work, so the per-core DMA rate, each chip's HBM and the
+//! links all bound a collective's time.
 //!
-//! * [`all_reduce`] — ring reduce-scatter then ring all-gather, in place.
-//! * [`reduce_scatter`] / [`all_gather`] — the two ring halves on their own.
-//! * [`all_to_all`] — every participant pulls its chunk of every other's input.
+//! * [`all_reduce`] — reduce-scatter by direct pulls, each participant then
+//!   pushing its total from SBUF to every other (in place).
+//! * [`reduce_scatter`] — the first half alone.
+//! * [`all_gather`] — a ring: each participant pulls the next segment from
+//!   its ring predecessor, pipelined piece by piece.
+//! * [`all_to_all`] — every participant pulls its chunk of every input.
 //!
-//! The ring visits participants in the order of their chips along a
-//! boustrophedon (reflected Gray code) walk of the system's coordinates, then
-//! by core, so that neighbours on the ring are one link apart on a torus.
-//! Each ring step is cut into SBUF-sized pieces, and the builder's
-//! dependencies let piece `c` of step `k + 1` start as soon as piece `c` of
-//! step `k` is stored, so steps pipeline and large messages reach the links'
-//! (or, more often, the DMA engines') bandwidth.
+//! Reduce-scatter: participant `i` owns segment `i` (sizes differ by at most
+//! one element, so any element count works) and sums it over every
+//! participant's input: per piece of `[≤128, ≤512]`, one load per source into
+//! SBUF and, for bf16/f16, a Tensor-engine matmul of each against the
+//! identity accumulating in an f32 PSUM bank (exact), or for f32 a chain of
+//! Vector adds into a PSUM accumulator; the total is rounded once to the
+//! dtype. When the participants span several chips with the same number
+//! (≥ 2) on each, the reduction is hierarchical: within each chip over HBM
+//! into an f32 workspace, then across chips between counterparts, so each
+//! element crosses the links once (as an f32 partial sum) instead of once
+//! per participant; the all-reduce's totals go to each counterpart once and
+//! are forwarded within its chip.
 //!
-//! Accumulation is in f32 whatever the dtype: partial sums travel between
-//! participants as f32 (in an f32 workspace for bf16/f16) and each element is
-//! rounded to the dtype once, when its total is stored. Participants pull:
-//! the receiving core issues the DMA, so its engines do the work. Segment
-//! sizes differ by at most one element, so any element count works.
+//! Rings and pull orders follow the participants' chips along a
+//! boustrophedon walk of the system's coordinates, then their cores, so ring
+//! neighbours are one link apart on a torus and the pulls of one moment use
+//! different links. Loads and stores use separate halves of a core's 16 DMA
+//! queues, so a store waiting for its sum never holds up the next loads.
 
 #[cfg(test)]
 mod tests;
 
 use trainyard_arch::{ChipSpec, DType, Topology};
-use trainyard_isa::{AluOp, Ap, Engine, TensorKind};
+use trainyard_isa::{ActFn, AluOp, Ap, Engine, TensorKind};
 
 use super::{check_args, check_bindings, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig};
 use crate::builder::{HbmTensor, KernelBuilder, TilePool};
@@ -36,13 +46,16 @@ pub fn kernels() -> Vec<Box<dyn Kernel>> {
     vec![Box::new(AllReduce), Box::new(AllGather), Box::new(ReduceScatter), Box::new(AllToAll)]
 }
 
-/// Free elements per partition of one SBUF piece (f32: 4 KiB per partition,
-/// 512 KiB per piece): large enough that per-transfer costs are small, small
-/// enough that a core's pools stay under 40 KiB per partition.
-const PIECE_COLS: usize = 1024;
-/// Buffers per SBUF pool: enough for loads of the next piece to overlap the add
-/// and store of the current one.
+/// Free elements per partition of one piece: an f32 partial sum of
+/// `[128, 512]` is one 2 KiB PSUM bank; a bf16 piece is 128 KiB, large
+/// enough that per-transfer costs are small.
+const PIECE_COLS: usize = 512;
+/// Buffers per SBUF pool of sums: the add of the next piece overlaps the store of this one.
 const BUFS: usize = 3;
+/// Buffers per SBUF pool of loaded sources: loads run ahead of the chain of adds.
+const INPUT_BUFS: usize = 16;
+/// PSUM buffers of partial sums: one piece's chain runs while the next starts.
+const PSUM_BUFS: usize = 2;
 /// HBM→HBM copies are cut into at least this many pieces: one contiguous
 /// piece is one descriptor, served by one DMA engine (HW-DMA-STRUCT), so a
 /// core needs 16 in flight to use its 16 engines.
@@ -128,8 +141,8 @@ impl Group {
     }
 
     /// The segment handled under ring label `r`: labels are chosen so that
-    /// the participant at position `p` ends reduce-scatter holding its own
-    /// segment (`at(p)`), which it owns under label `p + 1`.
+    /// the participant at position `p` starts the ring all-gather holding its
+    /// own segment (`at(p)`), which it owns under label `p + 1`.
     fn segment(&self, r: usize) -> usize {
         self.at(r + self.n() - 1)
     }
@@ -196,24 +209,44 @@ fn hbm(offset: u64, rows: usize, cols: usize, dtype: DType) -> Ap {
     Ap::hbm(offset, rows as u32, &[cols as u32], dtype)
 }
 
-/// Round-robin DMA queues per core: collectives spread transfers over every
-/// queue so that up to 16 are in flight per core.
+/// Which DMA queues a transfer goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// Loads of sources: the first half of the queues.
+    Load,
+    /// Stores of totals (which wait for their adds) and HBM→HBM copies: the
+    /// second half, so that a store never holds up the next piece's loads
+    /// in an in-order queue.
+    Store,
+}
+
+/// Round-robin DMA queues per core and lane: collectives spread transfers
+/// over every queue so that up to 16 are in flight per core.
 struct QueueTurns {
-    queues: u8,
-    turn: Vec<usize>,
+    queues: usize,
+    turn: Vec<[usize; 2]>,
 }
 
 impl QueueTurns {
     fn new(chip: &ChipSpec) -> Self {
-        QueueTurns { queues: chip.core.dma.queues.clamp(1, 256) as u8, turn: vec![0; chip.total_cores() as usize] }
+        QueueTurns {
+            queues: chip.core.dma.queues.clamp(1, 256) as usize,
+            turn: vec![[0; 2]; chip.total_cores() as usize],
+        }
     }
 
-    fn next(&mut self, core: u16) -> u8 {
+    fn next(&mut self, core: u16, lane: Lane) -> u8 {
+        let half = (self.queues / 2).max(1);
+        let (base, count) = match lane {
+            Lane::Load => (0, half),
+            Lane::Store => (self.queues - half, half),
+        };
         let t = self.turn.get_mut(core as usize).map_or(0, |t| {
-            *t += 1;
-            *t - 1
+            let slot = &mut t[lane as usize];
+            *slot += 1;
+            *slot - 1
         });
-        (t % self.queues as usize) as u8
+        (base + t % count) as u8
     }
 }
 
@@ -230,156 +263,351 @@ fn absolute<T>(
     out
 }
 
-/// SBUF pools of one participant's core for the reduce-scatter pieces.
+/// What a pool of SBUF pieces holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// A loaded source.
+    Input,
+    /// A partial sum (f32, in PSUM: an add reading one input from PSUM and the
+    /// other from SBUF costs N cycles instead of 2N, HW-COST-TTENSOR).
+    Partial,
+    /// The last sum, in the destination's dtype.
+    Total,
+}
+
+/// SBUF pools per core, slot and dtype, and identity matrices per core and
+/// dtype, made on first use.
+#[derive(Default)]
 struct Pools {
-    own: TilePool,
-    first: TilePool,
-    partial: TilePool,
-    sum: TilePool,
-    rounded: Option<TilePool>,
+    pools: Vec<(u16, Slot, DType, TilePool)>,
+    identities: Vec<(u16, DType, crate::builder::Tile)>,
 }
 
 impl Pools {
-    fn alloc(kb: &mut KernelBuilder, dtype: DType, cols: usize) -> Result<Pools, BuildError> {
+    /// The next `[rows, cols]` buffer of `core`'s pool for `slot` and `dtype`
+    /// (the builder must be on `core`).
+    fn next(
+        &mut self,
+        kb: &mut KernelBuilder,
+        core: u16,
+        slot: Slot,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+    ) -> Result<crate::view::View, BuildError> {
+        let k = match self.pools.iter().position(|(c, s, d, _)| (*c, *s, *d) == (core, slot, dtype)) {
+            Some(k) => k,
+            None => {
+                let parts = kb.chip().core.sbuf.partitions as usize;
+                let pool = match slot {
+                    Slot::Input => kb.sbuf_pool(&[parts, PIECE_COLS], dtype, INPUT_BUFS)?,
+                    Slot::Partial => kb.psum_pool(&[parts, PIECE_COLS], dtype, PSUM_BUFS)?,
+                    Slot::Total => kb.sbuf_pool(&[parts, PIECE_COLS], dtype, BUFS)?,
+                };
+                self.pools.push((core, slot, dtype, pool));
+                self.pools.len() - 1
+            }
+        };
+        Ok(self.pools[k].3.next().part(0..rows).cols(0..cols))
+    }
+
+    /// A `[rows, rows]` identity in `dtype` on `core` (the builder must be on
+    /// `core`): the Tensor engine sums sources as `I · x` into PSUM.
+    fn identity(
+        &mut self,
+        kb: &mut KernelBuilder,
+        core: u16,
+        dtype: DType,
+        rows: usize,
+    ) -> Result<crate::view::View, BuildError> {
+        if let Some((_, _, t)) = self.identities.iter().find(|(c, d, _)| (*c, *d) == (core, dtype)) {
+            return Ok(t.part(0..rows).cols(0..rows));
+        }
         let parts = kb.chip().core.sbuf.partitions as usize;
-        let shape = [parts, cols];
-        let mut made: Vec<TilePool> = Vec::new();
-        let specs =
-            [(dtype, true), (dtype, true), (DType::F32, true), (DType::F32, true), (dtype, dtype != DType::F32)];
-        for (d, wanted) in specs {
-            if !wanted {
-                continue;
-            }
-            match kb.sbuf_pool(&shape, d, BUFS) {
-                Ok(p) => made.push(p),
-                Err(e) => {
-                    for p in made {
-                        kb.free_pool(p)?;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        let rounded = if dtype != DType::F32 { made.pop() } else { None };
-        let mut it = made.into_iter();
-        match (it.next(), it.next(), it.next(), it.next()) {
-            (Some(own), Some(first), Some(partial), Some(sum)) => Ok(Pools { own, first, partial, sum, rounded }),
-            _ => Err(err("collective", "internal: SBUF pools missing".into())),
-        }
+        let offsets = kb.sbuf_tile(&[parts, parts], DType::I32)?;
+        let ident = kb.sbuf_tile(&[parts, parts], dtype);
+        let made = ident.and_then(|ident| {
+            // offsets[p, i] = i - p; the identity is where it is 0.
+            kb.iota(&offsets, 0, -1, &[1])?;
+            kb.tensor_scalar(Engine::Vector, &ident, &offsets, crate::Stage::new(AluOp::Eq, 0.0), None)?;
+            Ok(ident)
+        });
+        kb.free(offsets)?;
+        let ident = made?;
+        let view = ident.part(0..rows).cols(0..rows);
+        self.identities.push((core, dtype, ident));
+        Ok(view)
     }
 
     fn free(self, kb: &mut KernelBuilder) -> Result<(), BuildError> {
-        kb.free_pool(self.own)?;
-        kb.free_pool(self.first)?;
-        kb.free_pool(self.partial)?;
-        kb.free_pool(self.sum)?;
-        if let Some(r) = self.rounded {
-            kb.free_pool(r)?;
+        for (core, _, _, pool) in self.pools {
+            kb.core(core)?;
+            kb.free_pool(pool)?;
+        }
+        for (core, _, tile) in self.identities {
+            kb.core(core)?;
+            kb.free(tile)?;
         }
         Ok(())
     }
 }
 
-/// Where the ring reduce-scatter reads and writes, as byte addresses of
-/// element `a` of the flat (concatenated) tensor.
-struct RsBuffers<'a> {
-    /// Participant `i`'s input.
-    input: &'a dyn Fn(usize, usize) -> u64,
-    /// Participant `i`'s f32 partial sums (any location of element `a`).
-    partial: &'a dyn Fn(usize, usize) -> u64,
-    /// Where participant `i` stores the total of element `a` of its own segment.
-    total: &'a dyn Fn(usize, usize) -> u64,
+/// One reduction: the f32 sum of `sources` (`len` contiguous elements each,
+/// at a byte address, in a dtype), rounded once to the dtype of `dst` and
+/// stored there and at every address of `copies` (pushed from SBUF, so the
+/// copies cost no HBM read).
+struct ReduceJob {
+    core: u16,
+    len: usize,
+    sources: Vec<(u64, DType)>,
+    dst: (u64, DType),
+    copies: Vec<u64>,
 }
 
-/// Ring reduce-scatter over segments `bounds` (indexed by participant): after
-/// it, participant `i` has stored the sum of segment `i` over all inputs at
-/// `total(i, ..)`. Returns the adds performed.
-fn ring_reduce_scatter(
+/// Emits `jobs` in order: per piece, one load per source into SBUF, a chain
+/// of Vector-engine adds into an f32 PSUM accumulator (the first add sums
+/// two sources, the last writes the rounded total to SBUF), and the stores.
+/// Returns the adds performed.
+fn run_reduce_jobs(kb: &mut KernelBuilder, jobs: &[ReduceJob], queues: &mut QueueTurns) -> Result<u64, BuildError> {
+    let mut pools = Pools::default();
+    let out = emit_reduce_jobs(kb, jobs, queues, &mut pools);
+    pools.free(kb)?;
+    out
+}
+
+/// The add chain of one piece being built.
+struct Chain {
+    at: usize,
+    rows: usize,
+    cols: usize,
+    first: Option<crate::view::View>,
+    acc: Option<crate::view::View>,
+}
+
+fn emit_reduce_jobs(
+    kb: &mut KernelBuilder,
+    jobs: &[ReduceJob],
+    queues: &mut QueueTurns,
+    pools: &mut Pools,
+) -> Result<u64, BuildError> {
+    let parts = kb.chip().core.sbuf.partitions as usize;
+    let mut adds = 0u64;
+    for job in jobs.iter().filter(|j| j.len > 0 && !j.sources.is_empty()) {
+        let core = job.core;
+        kb.core(core)?;
+        let (dst, dst_dtype) = job.dst;
+        if let [(src, dtype)] = job.sources[..] {
+            for to in std::iter::once(dst).chain(job.copies.iter().copied()) {
+                copy_pieces(kb, queues, core, to, src, job.len, (dtype, dst_dtype), Lane::Store)?;
+            }
+            continue;
+        }
+        let last = job.sources.len() - 1;
+        let dtype = job.sources[0].1;
+        if matches!(dtype, DType::Bf16 | DType::F16) && job.sources.iter().all(|s| s.1 == dtype) {
+            adds += emit_tensor_sum(kb, job, queues, pools)?;
+            continue;
+        }
+        // Two pieces' chains in lockstep: consecutive adds on the Vector engine
+        // then never read what the one before wrote (no same-engine RAW
+        // penalty, HW-DEF-DEP), and each pool buffer's reader is emitted
+        // before the buffer is loaded again.
+        for pair in pieces(job.len, parts, PIECE_COLS).chunks(2) {
+            let mut chains: Vec<Chain> =
+                pair.iter().map(|&(at, rows, cols)| Chain { at, rows, cols, first: None, acc: None }).collect();
+            for (k, &(src, dtype)) in job.sources.iter().enumerate() {
+                let mut tiles = Vec::with_capacity(chains.len());
+                for c in &chains {
+                    let tile = pools.next(kb, core, Slot::Input, dtype, c.rows, c.cols)?;
+                    let from = hbm(src + (c.at * dtype.size()) as u64, c.rows, c.cols, dtype);
+                    kb.dma_on(queues.next(core, Lane::Load), &tile, from)?;
+                    tiles.push(tile);
+                }
+                for (c, tile) in chains.iter_mut().zip(tiles) {
+                    let Some(prev) = c.acc.take().or_else(|| c.first.take()) else {
+                        c.first = Some(tile);
+                        continue;
+                    };
+                    let into = match (k == last, prev.space()) {
+                        (true, _) => pools.next(kb, core, Slot::Total, dst_dtype, c.rows, c.cols)?,
+                        (false, trainyard_isa::Space::Psum) => prev.clone(),
+                        (false, _) => pools.next(kb, core, Slot::Partial, DType::F32, c.rows, c.cols)?,
+                    };
+                    kb.tensor_tensor(Engine::Vector, AluOp::Add, &into, &prev, &tile)?;
+                    adds += (c.rows * c.cols) as u64;
+                    c.acc = Some(into);
+                }
+            }
+            for c in &chains {
+                let Some(total) = &c.acc else { continue };
+                for to in std::iter::once(dst).chain(job.copies.iter().copied()) {
+                    let to = hbm(to + (c.at * dst_dtype.size()) as u64, c.rows, c.cols, dst_dtype);
+                    kb.dma_on(queues.next(core, Lane::Store), to, total)?;
+                }
+            }
+        }
+    }
+    Ok(adds)
+}
+
+/// One 16-bit reduction on the Tensor engine: every source piece is the
+/// moving operand of a matmul against the identity, accumulating in f32 in
+/// one PSUM bank (exact: each product is `x · 1`), and the Scalar engine
+/// copies the total out of PSUM (an identity activation), rounding once. A `[128, 512]` matmul takes
+/// 512 PE cycles (HW-PE-MM-II) against 512 Vector cycles for an add, at 2.5×
+/// the clock, and leaves the Vector engine free.
+fn emit_tensor_sum(
+    kb: &mut KernelBuilder,
+    job: &ReduceJob,
+    queues: &mut QueueTurns,
+    pools: &mut Pools,
+) -> Result<u64, BuildError> {
+    let (core, parts) = (job.core, kb.chip().core.sbuf.partitions as usize);
+    let (dst, dst_dtype) = job.dst;
+    let last = job.sources.len() - 1;
+    let mut adds = 0u64;
+    for (at, rows, cols) in pieces(job.len, parts, PIECE_COLS) {
+        let ident = pools.identity(kb, core, job.sources[0].1, rows)?;
+        let acc = pools.next(kb, core, Slot::Partial, DType::F32, rows, cols)?;
+        for (k, &(src, dtype)) in job.sources.iter().enumerate() {
+            let tile = pools.next(kb, core, Slot::Input, dtype, rows, cols)?;
+            let from = hbm(src + (at * dtype.size()) as u64, rows, cols, dtype);
+            kb.dma_on(queues.next(core, Lane::Load), &tile, from)?;
+            kb.matmul(&acc, &ident, &tile, k == 0, k == last)?;
+        }
+        adds += (rows * cols * last) as u64;
+        let total = pools.next(kb, core, Slot::Total, dst_dtype, rows, cols)?;
+        kb.activation(ActFn::Identity, &total, &acc, 1.0, None, None)?;
+        for to in std::iter::once(dst).chain(job.copies.iter().copied()) {
+            let to = hbm(to + (at * dst_dtype.size()) as u64, rows, cols, dst_dtype);
+            kb.dma_on(queues.next(core, Lane::Store), to, &total)?;
+        }
+    }
+    Ok(adds)
+}
+
+/// Reduce-scatter as direct pulls: participant `i` ends having stored the
+/// sum over all participants of elements `ranges[i]` at `total(i, ..)`,
+/// reading element `a` of participant `j` at `input(j, a)`. With
+/// `broadcast`, every participant also ends with every other's total at
+/// `total(j, ..)` (the all-gather half of an all-reduce, pushed from SBUF).
+///
+/// When the participants span several chips with the same number (≥ 2) on
+/// each, the reduction is hierarchical so that each element crosses the
+/// links once instead of once per participant: first every participant
+/// sums, over its own chip's participants (through HBM), the ranges of its
+/// counterparts (same place in their chips' order) on every chip, into an
+/// f32 workspace; then it sums its own range over its counterparts'
+/// workspaces across the chips, and (broadcast) pushes the total to its
+/// chip's participants and to its counterparts, which forward it to theirs.
+/// Otherwise each participant pulls its range from every participant
+/// directly, starting with its ring successors so that the pulls of one
+/// moment use different links, and pushes the total to every participant.
+fn reduce_scatter_direct(
     kb: &mut KernelBuilder,
     g: &Group,
-    bounds: &[usize],
-    buf: &RsBuffers<'_>,
+    ranges: &[(usize, usize)],
+    input: &dyn Fn(usize, usize) -> u64,
+    total: &dyn Fn(usize, usize) -> u64,
+    broadcast: bool,
     queues: &mut QueueTurns,
 ) -> Result<u64, BuildError> {
     let n = g.n();
     let dtype = g.dtype;
-    let parts = kb.chip().core.sbuf.partitions as usize;
-    let longest = bounds.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-    let cols = PIECE_COLS.min(longest.div_ceil(parts)).max(1);
-    if n == 1 {
-        // One participant: its total is its input.
-        let len = bounds[1] - bounds[0];
-        let (src, dst) = ((buf.input)(0, bounds[0]), (buf.total)(0, bounds[0]));
-        if src != dst {
-            kb.core(g.cores[0])?;
-            copy_pieces(kb, queues, g.cores[0], dst, src, len, dtype)?;
+    let chip = kb.chip().clone();
+    // Participants per chip, in ring order.
+    let mut by_chip: Vec<(u32, Vec<usize>)> = Vec::new();
+    for p in 0..n {
+        let i = g.at(p);
+        let c = chip.chip_of_core(g.cores[i] as u32);
+        match by_chip.iter_mut().find(|(k, _)| *k == c) {
+            Some((_, members)) => members.push(i),
+            None => by_chip.push((c, vec![i])),
         }
-        return Ok(0);
     }
-    let mut pools = Vec::with_capacity(n);
-    for &c in &g.cores {
-        kb.core(c)?;
-        match Pools::alloc(kb, dtype, cols) {
-            Ok(p) => pools.push(p),
-            Err(e) => {
-                for (p, &c) in pools.into_iter().zip(&g.cores) {
-                    kb.core(c)?;
-                    p.free(kb)?;
-                }
-                return Err(e);
+    let m = by_chip[0].1.len();
+    let hierarchical = by_chip.len() > 1 && m > 1 && by_chip.iter().all(|(_, v)| v.len() == m);
+    let mut position = vec![0; n];
+    for p in 0..n {
+        position[g.at(p)] = p;
+    }
+    if !hierarchical {
+        let jobs: Vec<ReduceJob> = (0..n)
+            .map(|i| {
+                let (lo, hi) = ranges[i];
+                let sources = (0..n).map(|d| (input(g.at(position[i] + d), lo), dtype)).collect();
+                let copies = match broadcast {
+                    true => (1..n).map(|d| total(g.at(position[i] + d), lo)).collect(),
+                    false => Vec::new(),
+                };
+                ReduceJob { core: g.cores[i], len: hi - lo, sources, dst: (total(i, lo), dtype), copies }
+            })
+            .collect();
+        return run_reduce_jobs(kb, &jobs, queues);
+    }
+    let c = by_chip.len();
+    let len = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    let mut ws = vec![0u64; n];
+    for (on, members) in &by_chip {
+        for &i in members {
+            let key = format!("collective.core{}", g.cores[i]);
+            ws[i] = kb.hbm_workspace(*on, &key, len as u64 * 4)?.offset();
+        }
+    }
+    // The participant at place `l` of the `dk`-th chip after chip `k`.
+    let member = |k: usize, dk: usize, l: usize| by_chip[(k + dk) % c].1[l % m];
+    let mut jobs = Vec::new();
+    for (k, (_, members)) in by_chip.iter().enumerate() {
+        for (l, &i) in members.iter().enumerate() {
+            // Ranges other chips wait for first, this participant's own last.
+            for dk in (1..c).chain([0]) {
+                let (lo, hi) = ranges[member(k, dk, l)];
+                let sources = (0..m).map(|d| (input(member(k, 0, l + d), lo), dtype)).collect();
+                let dst = (ws[i] + lo as u64 * 4, DType::F32);
+                jobs.push(ReduceJob { core: g.cores[i], len: hi - lo, sources, dst, copies: Vec::new() });
             }
         }
     }
-    let mut body = |kb: &mut KernelBuilder, pools: &mut [Pools]| -> Result<u64, BuildError> {
-        let mut adds = 0u64;
-        for k in 0..n - 1 {
-            let last = k == n - 2;
-            for p in 0..n {
-                let (me, prev) = (g.at(p), g.at(p + n - 1));
-                let seg = g.segment(p + 2 * n - 1 - k);
-                let core = g.cores[me];
-                kb.core(core)?;
-                let pool = &mut pools[me];
-                for (at, rows, cols) in pieces(bounds[seg + 1] - bounds[seg], parts, cols) {
-                    let a = bounds[seg] + at;
-                    let own = pool.own.next().part(0..rows).cols(0..cols);
-                    kb.dma_on(queues.next(core), &own, hbm((buf.input)(me, a), rows, cols, dtype))?;
-                    // The first step receives the neighbour's input, later ones its f32 partial sum.
-                    let recv = if k == 0 {
-                        let t = pool.first.next().part(0..rows).cols(0..cols);
-                        kb.dma_on(queues.next(core), &t, hbm((buf.input)(prev, a), rows, cols, dtype))?;
-                        t
-                    } else {
-                        let t = pool.partial.next().part(0..rows).cols(0..cols);
-                        kb.dma_on(queues.next(core), &t, hbm((buf.partial)(prev, a), rows, cols, DType::F32))?;
-                        t
-                    };
-                    let (sum, dst) = match (&mut pool.rounded, last) {
-                        (Some(r), true) => (r.next(), hbm((buf.total)(me, a), rows, cols, dtype)),
-                        (None, true) => (pool.sum.next(), hbm((buf.total)(me, a), rows, cols, dtype)),
-                        (_, false) => (pool.sum.next(), hbm((buf.partial)(me, a), rows, cols, DType::F32)),
-                    };
-                    let sum = sum.part(0..rows).cols(0..cols);
-                    kb.tensor_tensor(Engine::Vector, AluOp::Add, &sum, &recv, &own)?;
-                    kb.dma_on(queues.next(core), dst, &sum)?;
-                    adds += (rows * cols) as u64;
+    let mut adds = run_reduce_jobs(kb, &jobs, queues)?;
+    let mut jobs = Vec::new();
+    for (k, (_, members)) in by_chip.iter().enumerate() {
+        for (l, &i) in members.iter().enumerate() {
+            let (lo, hi) = ranges[i];
+            let sources = (0..c).map(|dk| (ws[member(k, dk, l)] + lo as u64 * 4, DType::F32)).collect();
+            let mut copies = Vec::new();
+            if broadcast {
+                copies.extend((1..m).map(|d| total(member(k, 0, l + d), lo)));
+                copies.extend((1..c).map(|dk| total(member(k, dk, l), lo)));
+            }
+            jobs.push(ReduceJob { core: g.cores[i], len: hi - lo, sources, dst: (total(i, lo), dtype), copies });
+        }
+    }
+    adds += run_reduce_jobs(kb, &jobs, queues)?;
+    if broadcast {
+        // Each counterpart forwards what it received to its chip's other
+        // participants, on the load queues (idle by now) so that the copies
+        // start as the pushes land instead of after this core's own stores.
+        for (k, (_, members)) in by_chip.iter().enumerate() {
+            for (l, &i) in members.iter().enumerate() {
+                kb.core(g.cores[i])?;
+                for dk in 1..c {
+                    let (lo, hi) = ranges[member(k, dk, l)];
+                    for d in 1..m {
+                        let (to, from) = (total(member(k, 0, l + d), lo), total(i, lo));
+                        copy_pieces(kb, queues, g.cores[i], to, from, hi - lo, (dtype, dtype), Lane::Load)?;
+                    }
                 }
             }
         }
-        Ok(adds)
-    };
-    let out = body(kb, &mut pools);
-    for (p, &c) in pools.into_iter().zip(&g.cores) {
-        kb.core(c)?;
-        p.free(kb)?;
     }
-    out
+    Ok(adds)
 }
 
 /// Copies `len` elements from byte `src` to byte `dst` in HBM on `core`'s DMA
 /// queues, cut into pieces so that several engines work at once: at least
 /// [`MIN_COPY_PIECES`] (more when pieces would exceed [`MAX_COPY_PIECE`]
 /// bytes), but none under [`MIN_COPY_PIECE`] bytes.
+#[allow(clippy::too_many_arguments)]
 fn copy_pieces(
     kb: &mut KernelBuilder,
     queues: &mut QueueTurns,
@@ -387,15 +615,16 @@ fn copy_pieces(
     dst: u64,
     src: u64,
     len: usize,
-    dtype: DType,
+    (dtype, dst_dtype): (DType, DType),
+    lane: Lane,
 ) -> Result<(), BuildError> {
-    let es = dtype.size();
-    let bytes = len * es;
+    let (es, ed) = (dtype.size(), dst_dtype.size());
+    let bytes = len * es.max(ed);
     let wanted = MIN_COPY_PIECES.max(bytes.div_ceil(MAX_COPY_PIECE));
     let count = wanted.min(bytes.div_ceil(MIN_COPY_PIECE)).clamp(1, len.max(1));
     for (a, b) in (0..count).map(|i| (i * len / count, (i + 1) * len / count)).filter(|(a, b)| b > a) {
-        let (d, s) = (dst + (a * es) as u64, src + (a * es) as u64);
-        kb.dma_on(queues.next(core), hbm(d, 1, b - a, dtype), hbm(s, 1, b - a, dtype))?;
+        let (d, s) = (dst + (a * ed) as u64, src + (a * es) as u64);
+        kb.dma_on(queues.next(core, lane), hbm(d, 1, b - a, dst_dtype), hbm(s, 1, b - a, dtype))?;
     }
     Ok(())
 }
@@ -420,7 +649,16 @@ fn ring_all_gather(
             let a = bounds[seg];
             let core = g.cores[me];
             kb.core(core)?;
-            copy_pieces(kb, queues, core, dst(me, a), src(prev, seg, a), bounds[seg + 1] - a, g.dtype)?;
+            copy_pieces(
+                kb,
+                queues,
+                core,
+                dst(me, a),
+                src(prev, seg, a),
+                bounds[seg + 1] - a,
+                (g.dtype, g.dtype),
+                Lane::Store,
+            )?;
         }
     }
     Ok(())
@@ -456,22 +694,10 @@ fn all_reduce_into(
     let bounds = bounds(len, n);
     absolute(kb, |kb| {
         let mut queues = QueueTurns::new(kb.chip());
-        // f32 partial sums go straight into the outputs; other dtypes need an f32 workspace.
-        let mut partial = Vec::with_capacity(n);
-        for i in 0..n {
-            partial.push(if dtype == DType::F32 || n < 3 {
-                outputs[i].offset()
-            } else {
-                let chip = kb.chip().chip_of_core(cores[i] as u32);
-                kb.hbm_workspace(chip, &format!("collective.core{}", cores[i]), len as u64 * 4)?.offset()
-            });
-        }
         let input = |i: usize, a: usize| inputs[i].offset() + a as u64 * es;
         let output = |i: usize, a: usize| outputs[i].offset() + a as u64 * es;
-        let part = |i: usize, a: usize| partial[i] + a as u64 * 4;
-        let buffers = RsBuffers { input: &input, partial: &part, total: &output };
-        let adds = ring_reduce_scatter(kb, &g, &bounds, &buffers, &mut queues)?;
-        ring_all_gather(kb, &g, &bounds, &|i, _, a| output(i, a), &output, &mut queues)?;
+        let ranges: Vec<(usize, usize)> = (0..n).map(|i| (bounds[i], bounds[i + 1])).collect();
+        let adds = reduce_scatter_direct(kb, &g, &ranges, &input, &output, true, &mut queues)?;
         let bytes = len as u64 * es * n as u64;
         Ok(Cost { flops: adds, bytes_hbm: 2 * bytes, peak_dtype: None })
     })
@@ -501,7 +727,16 @@ pub fn all_gather(
         let output = |i: usize, a: usize| outputs[i].offset() + a as u64 * es;
         for i in 0..n {
             kb.core(cores[i])?;
-            copy_pieces(kb, &mut queues, cores[i], output(i, bounds[i]), input(i, bounds[i]), len, g.dtype)?;
+            copy_pieces(
+                kb,
+                &mut queues,
+                cores[i],
+                output(i, bounds[i]),
+                input(i, bounds[i]),
+                len,
+                (g.dtype, g.dtype),
+                Lane::Load,
+            )?;
         }
         // A participant's own segment is read from its input, so the first
         // ring step need not wait for the local copy.
@@ -539,16 +774,10 @@ pub fn reduce_scatter(
     let bounds: Vec<usize> = (0..=n).map(|s| s * chunk).collect();
     absolute(kb, |kb| {
         let mut queues = QueueTurns::new(kb.chip());
-        let mut partial = Vec::with_capacity(n);
-        for &c in cores {
-            let chip = kb.chip().chip_of_core(c as u32);
-            partial.push(kb.hbm_workspace(chip, &format!("collective.core{c}"), len as u64 * 4)?.offset());
-        }
         let input = |i: usize, a: usize| inputs[i].offset() + a as u64 * es;
-        let part = |i: usize, a: usize| partial[i] + a as u64 * 4;
         let total = |i: usize, a: usize| outputs[i].offset() + (a - bounds[i]) as u64 * es;
-        let buffers = RsBuffers { input: &input, partial: &part, total: &total };
-        let adds = ring_reduce_scatter(kb, &g, &bounds, &buffers, &mut queues)?;
+        let ranges: Vec<(usize, usize)> = (0..n).map(|i| (bounds[i], bounds[i + 1])).collect();
+        let adds = reduce_scatter_direct(kb, &g, &ranges, &input, &total, false, &mut queues)?;
         let bytes = len as u64 * es * n as u64;
         Ok(Cost { flops: adds, bytes_hbm: bytes + bytes / n as u64, peak_dtype: None })
     })
@@ -585,7 +814,7 @@ pub fn all_to_all(
                 kb.core(cores[j])?;
                 let dst = outputs[j].offset() + (i * chunk) as u64 * es;
                 let src = inputs[i].offset() + (j * chunk) as u64 * es;
-                copy_pieces(kb, &mut queues, cores[j], dst, src, chunk, g.dtype)?;
+                copy_pieces(kb, &mut queues, cores[j], dst, src, chunk, (g.dtype, g.dtype), Lane::Store)?;
             }
         }
         let bytes = len as u64 * es * n as u64;

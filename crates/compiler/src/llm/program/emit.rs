@@ -3,17 +3,25 @@
 use std::collections::BTreeMap;
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_kernels::library::{self, Bindings, Kernel, KernelArgs};
+use trainyard_kernels::library::{self, collective, Bindings, Kernel, KernelArgs};
 use trainyard_kernels::{BuildError, HbmTensor, KernelBuilder, View};
 
 use super::replicate::{splice, Built, Decl};
 use super::shard::{chip_name, shard_name, shards, Shard};
 use super::{
-    CacheTensor, DecoderProgram, DecoderSpec, OpCategory, OpSpan, Phase, ProgramError, TensorSource, WeightSlice,
-    INPUT_IDS, LOGITS, NEXT_TOKEN,
+    CacheTensor, DecoderProgram, DecoderSpec, MoeRouting, OpCategory, OpSpan, Phase, ProgramError, TensorSource,
+    WeightSlice, INPUT_IDS, LOGITS, NEXT_TOKEN,
 };
+
+mod attention;
+mod comm;
+mod head;
+mod mlp;
+mod moe;
+
 use crate::llm::weights::{weight_name, Proj, WeightRole};
 use crate::llm::LlmConfig;
+use moe::MoeBufs;
 
 /// The library kernels a decoder uses, looked up once.
 struct Kernels {
@@ -27,6 +35,9 @@ struct Kernels {
     binary: Box<dyn Kernel>,
     embedding: Box<dyn Kernel>,
     argmax: Box<dyn Kernel>,
+    topk: Box<dyn Kernel>,
+    softmax: Box<dyn Kernel>,
+    reduce: Box<dyn Kernel>,
 }
 
 impl Kernels {
@@ -48,6 +59,9 @@ impl Kernels {
             binary: get("binary")?,
             embedding: get("embedding")?,
             argmax: get("argmax")?,
+            topk: get("topk")?,
+            softmax: get("softmax")?,
+            reduce: get("reduce")?,
         })
     }
 }
@@ -77,6 +91,15 @@ struct Rank {
     /// Last row of each sequence `[B, h]` and its logits shard `[B, Vw]` (f32).
     last: HbmTensor,
     logits: HbmTensor,
+    /// Every rank's logits shard `[tp·B, Vw]` after the all-gather (`tp > 1`; with a
+    /// hierarchy only the first rank of each chip has it).
+    gathered: Option<HbmTensor>,
+    /// The logits shards of the rank's chip `[P·B, Vw]` (hierarchy only).
+    chip_logits: Option<HbmTensor>,
+    /// MoE scratch (MoE models).
+    moe: Option<MoeBufs>,
+    /// Its segment `[1, T·h/P]` of a hierarchical all-reduce (several chips, `P` ranks each).
+    seg: Option<HbmTensor>,
 }
 
 /// Inputs every core of one chip reads.
@@ -85,6 +108,9 @@ struct ChipInputs {
     cos: HbmTensor,
     sin: HbmTensor,
     embed: HbmTensor,
+    /// MoE slot assignment (uniform routing).
+    dispatch: Option<HbmTensor>,
+    combine: Option<HbmTensor>,
 }
 
 /// Sizes of the step.
@@ -122,6 +148,10 @@ struct Emitter<'a> {
     /// The layer being emitted, and the tensors each layer declared.
     current_layer: Option<usize>,
     layer_decls: Vec<Vec<Decl>>,
+    /// The gathered logits `[B, V]` (`tp > 1`; rank 0's shard is the output otherwise).
+    logits_out: Option<HbmTensor>,
+    /// Cores per chip.
+    per_chip: u32,
 }
 
 pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Result<DecoderProgram, ProgramError> {
@@ -156,6 +186,8 @@ pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Res
         skip_emit: false,
         current_layer: None,
         layer_decls: Vec::new(),
+        logits_out: None,
+        per_chip,
     };
     e.declare(shards, per_chip)?;
     e.embedding()?;
@@ -167,11 +199,13 @@ pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Res
         e.layer_decls.push(Vec::new());
         e.skip_emit = reuse && l >= 3;
         let start = e.kb.next_id().0;
+        e.barrier(Some(l as u32))?;
         e.layer(l as u32)?;
         ranges.push(start..e.kb.next_id().0);
     }
     e.current_layer = None;
     e.skip_emit = false;
+    e.barrier(None)?;
     e.head()?;
     let Emitter { mut kb, mut ops, inputs, caches, layer_decls, .. } = e;
     kb.clear_core_window();
@@ -180,8 +214,23 @@ pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Res
     if cfg.tie_word_embeddings {
         notes.push("the tied LM head is a transposed copy of the embedding".into());
     }
+    match (cfg.moe, spec.moe) {
+        (Some(m), MoeRouting::Uniform) => notes.push(format!(
+            "MoE routing is not data-dependent: every expert gets ⌈T·{k}/{e}⌉ token slots (uniform load); the \
+             router and top-{k} run but the slots are a program input",
+            k = m.experts_per_token,
+            e = m.num_experts
+        )),
+        (Some(_), MoeRouting::Dense) => notes.push(
+            "MoE experts run densely on every token, gated by the renormalised top-k router probabilities (exact)"
+                .into(),
+        ),
+        (None, _) => {}
+    }
     let program = if reuse {
-        let mut program = kb.finish_unchecked();
+        // Validated before the copies: they are the validated layer 2 at addresses shifted with
+        // the tensors they access, so they pass the same checks.
+        let mut program = kb.finish().map_err(|source| ProgramError::Build { op: "validation".into(), source })?;
         let built = Built { layers: [ranges[0].clone(), ranges[1].clone(), ranges[2].clone()], decls: layer_decls };
         if !splice(&mut program, &mut ops, &built, layers) {
             // Not periodic: emit every layer instead.
@@ -192,8 +241,6 @@ pub(super) fn build(cfg: &LlmConfig, chip: &ChipSpec, spec: &DecoderSpec) -> Res
             dp.notes.push("layer reuse did not apply (layer 2 is not layer 1 shifted): every layer was emitted".into());
             return Ok(dp);
         }
-        trainyard_isa::validate(&program, chip)
-            .map_err(|v| ProgramError::Build { op: "validation".into(), source: BuildError::from(v) })?;
         notes.push(format!(
             "layers 3-{} reuse layer 2's instruction stream (the layer's weights and caches at a fixed address \
              stride, dependencies at a fixed distance), exact because the builder emitted layer 2 as layer 1 \
@@ -242,11 +289,19 @@ fn check(cfg: &LlmConfig, spec: &DecoderSpec) -> Result<Dims, ProgramError> {
             why: "the attention kernels attend to the whole context; keep the context within the window".into(),
         });
     }
-    if cfg.moe.is_some() {
-        return Err(ProgramError::Unsupported {
-            what: "mixture of experts".into(),
-            why: "MoE layers are not emitted yet".into(),
-        });
+    if spec.expert_parallel {
+        let Some(m) = cfg.moe else {
+            return Err(ProgramError::Unsupported {
+                what: "expert parallelism".into(),
+                why: format!("{} has no experts", cfg.source()),
+            });
+        };
+        if !m.num_experts.is_multiple_of(spec.tp) {
+            return Err(ProgramError::Sharding {
+                tp: spec.tp,
+                why: format!("expert parallelism needs tp to divide the {} experts", m.num_experts),
+            });
+        }
     }
     let s = spec.phase.rows_per_sequence();
     Ok(Dims {
@@ -322,12 +377,23 @@ impl Emitter<'_> {
         shape: &[usize],
         slice: WeightSlice,
     ) -> Result<HbmTensor, ProgramError> {
+        self.weight_from(r, sharded, hf, shape, TensorSource::Weight { name: hf.to_string(), slice })
+    }
+
+    /// [`Emitter::weight`] for any source: device tensor `base` (with the rank's or chip's suffix).
+    fn weight_from(
+        &mut self,
+        r: usize,
+        sharded: bool,
+        base: &str,
+        shape: &[usize],
+        source: TensorSource,
+    ) -> Result<HbmTensor, ProgramError> {
         let chip = self.ranks[r].chip;
-        let name = if sharded { shard_name(hf, self.spec.tp, r as u32) } else { chip_name(hf, self.chips, chip) };
+        let name = if sharded { shard_name(base, self.spec.tp, r as u32) } else { chip_name(base, self.chips, chip) };
         if let Some(t) = self.declared.get(&name) {
             return Ok(t.clone());
         }
-        let source = TensorSource::Weight { name: hf.to_string(), slice };
         self.input(chip, &name, shape, self.spec.dtype, source)
     }
 }
@@ -347,9 +413,30 @@ impl Emitter<'_> {
             let sin = self.input(chip, &name("rope.sin"), &[t, d / 2], dt, TensorSource::RopeSin)?;
             let source = TensorSource::Weight { name: EMBED.into(), slice: WeightSlice::Whole };
             let embed = self.input(chip, &name(EMBED), &[v, h], dt, source)?;
-            self.chip_inputs.push(ChipInputs { ids, cos, sin, embed });
+            // Uniform MoE slots shared by the chip's ranks (with expert parallelism each rank has its own).
+            let (dispatch, combine) = match self.cfg.moe {
+                Some(m) if self.spec.moe == MoeRouting::Uniform && !self.spec.expert_parallel => {
+                    let (e, k) = (m.num_experts as usize, m.experts_per_token as usize);
+                    let slots = e * moe::capacity(t, k, e);
+                    let all = 0..e;
+                    let d = TensorSource::MoeDispatch { experts: all.clone() };
+                    let c = TensorSource::MoeCombine { experts: all };
+                    (
+                        Some(self.input(chip, &name("moe.dispatch"), &[slots], DType::I32, d)?),
+                        Some(self.input(chip, &name("moe.combine"), &[t * k], DType::I32, c)?),
+                    )
+                }
+                _ => (None, None),
+            };
+            self.chip_inputs.push(ChipInputs { ids, cos, sin, embed, dispatch, combine });
+        }
+        if tp > 1 {
+            self.logits_out = Some(self.tensor(0, trainyard_isa::TensorKind::Output, LOGITS, &[b, v], DType::F32)?);
         }
         let prefill = matches!(self.spec.phase, Phase::Prefill { .. });
+        // Several chips with the same number of ranks each reduce in a hierarchy.
+        let hierarchical = chips > 1 && per_chip > 1 && tp % per_chip == 0 && (t * h) % per_chip as usize == 0;
+        self.per_chip = per_chip;
         for shard in shards {
             let r = shard.rank;
             let chip = r / per_chip;
@@ -379,10 +466,29 @@ impl Emitter<'_> {
                 )
             };
             let last = self.scratch(chip, &name("last"), &[b, h], dt)?;
-            let logits = if tp == 1 {
-                self.tensor(chip, trainyard_isa::TensorKind::Output, LOGITS, &[b, v], DType::F32)?
+            let moe = if self.cfg.moe.is_some() { Some(self.declare_moe(chip, &name, &shard)?) } else { None };
+            let seg = if hierarchical {
+                Some(self.scratch(chip, &name("ar_segment"), &[1, t * h / per_chip as usize], dt)?)
             } else {
-                self.scratch(chip, &name("logits_shard"), &[b, vw], DType::F32)?
+                None
+            };
+            let (logits, gathered, chip_logits) = if tp == 1 {
+                (self.tensor(chip, trainyard_isa::TensorKind::Output, LOGITS, &[b, v], DType::F32)?, None, None)
+            } else {
+                let shard = self.scratch(chip, &name("logits_shard"), &[b, vw], DType::F32)?;
+                let leader = !hierarchical || r % per_chip == 0;
+                let rows = tp as usize * b;
+                let all = if leader {
+                    Some(self.scratch(chip, &name("logits_gathered"), &[rows, vw], DType::F32)?)
+                } else {
+                    None
+                };
+                let local = if hierarchical {
+                    Some(self.scratch(chip, &name("logits_chip"), &[per_chip as usize * b, vw], DType::F32)?)
+                } else {
+                    None
+                };
+                (shard, all, local)
             };
             self.ranks.push(Rank {
                 shard,
@@ -401,6 +507,10 @@ impl Emitter<'_> {
                 up,
                 last,
                 logits,
+                gathered,
+                chip_logits,
+                seg,
+                moe,
             });
         }
         Ok(())
@@ -436,6 +546,21 @@ impl Emitter<'_> {
         mut body: impl FnMut(&mut Self, usize) -> Result<(), ProgramError>,
     ) -> Result<(), ProgramError> {
         self.op(label, category, layer, |e| (0..e.ranks.len()).try_for_each(|r| body(e, r)))
+    }
+
+    /// A barrier on rank 0's core when the spec asks for layer barriers.
+    fn barrier(&mut self, layer: Option<u32>) -> Result<(), ProgramError> {
+        if !self.spec.layer_barriers {
+            return Ok(());
+        }
+        self.op("barrier", OpCategory::Barrier, layer, |e| {
+            if e.skip_emit {
+                return Ok(());
+            }
+            let core = e.ranks.first().map_or(0, |r| r.core);
+            e.enter(core)?;
+            e.kb.barrier().map(|_| ()).map_err(|err| e.err(err))
+        })
     }
 
     /// Sends the following instructions to `core` alone: library kernels emitted with
@@ -478,17 +603,6 @@ impl Emitter<'_> {
         t.reshaped(shape).map_err(|e| self.err(e))
     }
 
-    /// Sums `parts` (one per rank) into every part.
-    fn all_reduce(&mut self, label: &str, layer: Option<u32>, _parts: Vec<HbmTensor>) -> Result<(), ProgramError> {
-        if self.spec.tp == 1 || self.skip_emit {
-            return Ok(());
-        }
-        Err(ProgramError::Unsupported {
-            what: format!("{label} over {} cores", self.spec.tp),
-            why: format!("collectives are not available yet (layer {layer:?})"),
-        })
-    }
-
     fn rmsnorm(
         &mut self,
         r: usize,
@@ -526,17 +640,6 @@ impl Emitter<'_> {
     /// A per-chip norm weight of rank `r`.
     fn norm_weight(&mut self, r: usize, role: WeightRole, layer: u32, width: usize) -> Result<HbmTensor, ProgramError> {
         self.weight(r, false, &weight_name(role, layer, None), &[width], WeightSlice::Whole)
-    }
-
-    /// The token embedding: every rank gathers the rows of its chip's table into its residual stream.
-    fn embedding(&mut self) -> Result<(), ProgramError> {
-        let Dims { t, h, v, .. } = self.dims;
-        self.each_rank("embedding", OpCategory::Embedding, None, |e, r| {
-            let chip = &e.chip_inputs[e.ranks[r].chip as usize];
-            let (ids, table, x) = (chip.ids.clone(), chip.embed.clone(), e.ranks[r].x.clone());
-            let a = args(&[t, v, h], e.spec.dtype);
-            e.run(r, |k| &*k.embedding, &a, &[("ids", &ids), ("table", &table), ("y", &x)])
-        })
     }
 
     /// One decoder layer.
@@ -595,7 +698,11 @@ impl Emitter<'_> {
             let (x, xn) = (e.ranks[r].x.clone(), e.ranks[r].xn.clone());
             e.rmsnorm(r, &gamma, &x, &xn, t)
         })?;
-        self.mlp(l)?;
+        if self.cfg.moe.is_some() {
+            self.moe(l)?;
+        } else {
+            self.mlp(l)?;
+        }
         self.reduce_and_add("mlp", l)
     }
 
@@ -625,224 +732,6 @@ impl Emitter<'_> {
             },
         );
         self.matmul(r, &xn, &w, bias.as_ref(), &out, [t, h, n], self.spec.dtype)
-    }
-
-    /// The cache tensors of rank `r` in layer `l`: outputs of a prefill, in-place inputs of a decode step.
-    fn cache(&mut self, r: usize, l: u32, value: bool) -> Result<HbmTensor, ProgramError> {
-        let Dims { b, d, cache, .. } = self.dims;
-        let kv_heads = self.ranks[r].shard.kv_heads.clone();
-        let base = format!("cache.{l}.{}", if value { "value" } else { "key" });
-        let name = shard_name(&base, self.spec.tp, r as u32);
-        let shape = [b, kv_heads.len(), cache, d];
-        let entry = CacheTensor { name: name.clone(), layer: l, value, kv_heads };
-        let chip = self.ranks[r].chip;
-        let t = match self.spec.phase {
-            Phase::Prefill { .. } => {
-                self.tensor(chip, trainyard_isa::TensorKind::Output, &name, &shape, self.spec.dtype)?
-            }
-            Phase::Decode { .. } => {
-                self.input(chip, &name, &shape, self.spec.dtype, TensorSource::Cache(entry.clone()))?
-            }
-        };
-        self.caches.push(entry);
-        Ok(t)
-    }
-
-    /// Cache update and attention of every rank.
-    fn attention(&mut self, l: u32) -> Result<(), ProgramError> {
-        let Dims { b, s, d, cache, .. } = self.dims;
-        let at = Some(l);
-        let n = self.ranks.len();
-        let mut caches = Vec::with_capacity(n);
-        for r in 0..n {
-            caches.push((self.cache(r, l, false)?, self.cache(r, l, true)?));
-        }
-        let heads = |e: &Self, r: usize| (e.ranks[r].shard.q_heads.len(), e.ranks[r].shard.kv_heads.len());
-        match self.spec.phase {
-            Phase::Prefill { .. } => {
-                self.each_rank("kv_cache_write", OpCategory::KvCache, at, |e, r| {
-                    let (_, hkv) = heads(e, r);
-                    let (k, v) = (e.ranks[r].k.view(), e.ranks[r].v.view());
-                    let (kc, vc) = &caches[r];
-                    let bshd = [b, s, hkv, d];
-                    e.dma(r, 0, kc.view(), k.reshape(&bshd).permute(&[0, 2, 1, 3]))?;
-                    e.dma(r, 1, vc.view(), v.reshape(&bshd).permute(&[0, 2, 1, 3]))
-                })?;
-                self.each_rank("q_layout", OpCategory::Layout, at, |e, r| {
-                    let (hq, _) = heads(e, r);
-                    let qt = e.ranks[r].qt.clone().map(|t| t.view());
-                    let q = e.ranks[r].q.view().reshape(&[b, s, hq, d]).permute(&[0, 2, 1, 3]);
-                    match qt {
-                        Some(qt) => e.dma(r, 2, qt, q),
-                        None => Ok(()),
-                    }
-                })?;
-                self.each_rank("attention", OpCategory::Attention, at, |e, r| {
-                    let (hq, hkv) = heads(e, r);
-                    let (qt, ot) = match (&e.ranks[r].qt, &e.ranks[r].ot) {
-                        (Some(q), Some(o)) => (q.clone(), o.clone()),
-                        _ => return Ok(()),
-                    };
-                    let a = args(&[b, hq, s, d], e.spec.dtype).with("kv_heads", &hkv.to_string());
-                    let (kc, vc) = &caches[r];
-                    e.run(r, |k| &*k.flash, &a, &[("q", &qt), ("k", kc), ("v", vc), ("o", &ot)])
-                })?;
-                self.each_rank("o_layout", OpCategory::Layout, at, |e, r| {
-                    let (hq, _) = heads(e, r);
-                    let ot = e.ranks[r].ot.clone().map(|t| t.view());
-                    let attn = e.ranks[r].attn.view().reshape(&[b, s, hq, d]).permute(&[0, 2, 1, 3]);
-                    match ot {
-                        Some(ot) => e.dma(r, 3, attn, ot),
-                        None => Ok(()),
-                    }
-                })
-            }
-            Phase::Decode { .. } => {
-                self.each_rank("kv_cache_write", OpCategory::KvCache, at, |e, r| {
-                    let (_, hkv) = heads(e, r);
-                    let (k, v) = (e.ranks[r].k.view(), e.ranks[r].v.view());
-                    let (kc, vc) = &caches[r];
-                    let slot = cache - 1..cache;
-                    e.dma(r, 0, kc.view().slice(2, slot.clone()), k.reshape(&[b, hkv, 1, d]))?;
-                    e.dma(r, 1, vc.view().slice(2, slot), v.reshape(&[b, hkv, 1, d]))
-                })?;
-                self.each_rank("attention", OpCategory::Attention, at, |e, r| {
-                    let (hq, hkv) = heads(e, r);
-                    let q = e.reshaped(&e.ranks[r].q, &[b, hq, d])?;
-                    let o = e.reshaped(&e.ranks[r].attn, &[b, hq, d])?;
-                    let a = args(&[b, hq, cache, d], e.spec.dtype).with("kv_heads", &hkv.to_string());
-                    let (kc, vc) = &caches[r];
-                    e.run(r, |k| &*k.decode, &a, &[("q", &q), ("k_cache", kc), ("v_cache", vc), ("o", &o)])
-                })
-            }
-        }
-    }
-
-    /// All-reduces the partial sums `y` of the ranks and adds them to the residual stream.
-    fn reduce_and_add(&mut self, block: &str, l: u32) -> Result<(), ProgramError> {
-        let Dims { t, h, .. } = self.dims;
-        let label = format!("all_reduce.{block}");
-        let parts: Vec<HbmTensor> = self.ranks.iter().map(|r| r.y.clone()).collect();
-        let at = Some(l);
-        if self.spec.tp > 1 {
-            self.op(&label, OpCategory::Collective, at, |e| e.all_reduce(&label, at, parts))?;
-        }
-        self.each_rank(&format!("residual.{block}"), OpCategory::Elementwise, at, |e, r| {
-            let (x, y) = (e.ranks[r].x.clone(), e.ranks[r].y.clone());
-            let a = args(&[t, h], e.spec.dtype);
-            e.run(r, |k| &*k.binary, &a, &[("a", &x), ("b", &y), ("c", &x)])
-        })
-    }
-
-    /// The dense MLP of every rank: fused, or gate/up, SwiGLU and down when it has biases.
-    fn mlp(&mut self, l: u32) -> Result<(), ProgramError> {
-        let Dims { t, h, .. } = self.dims;
-        let at = Some(l);
-        let dt = self.spec.dtype;
-        let w = |e: &mut Self, r: usize, role: WeightRole| -> Result<HbmTensor, ProgramError> {
-            let inter = e.ranks[r].shard.inter.clone();
-            let hf = weight_name(role, l, None);
-            let (shape, slice) = if role == WeightRole::Down {
-                ([inter.len(), h], WeightSlice::Transposed { rows: 0..h, cols: inter, width: h })
-            } else {
-                ([h, inter.len()], WeightSlice::Transposed { rows: inter.clone(), cols: 0..h, width: inter.len() })
-            };
-            e.weight(r, true, &hf, &shape, slice)
-        };
-        if self.fused_mlp {
-            return self.each_rank("mlp", OpCategory::Mlp, at, |e, r| {
-                let (wg, wu, wd) = (w(e, r, WeightRole::Gate)?, w(e, r, WeightRole::Up)?, w(e, r, WeightRole::Down)?);
-                let i = e.ranks[r].shard.inter.len();
-                let (xn, y) = (e.ranks[r].xn.clone(), e.ranks[r].y.clone());
-                let a = args(&[t, h, i], dt);
-                e.run(r, |k| &*k.mlp, &a, &[("x", &xn), ("w_gate", &wg), ("w_up", &wu), ("w_down", &wd), ("y", &y)])
-            });
-        }
-        let bias = |e: &mut Self, r: usize, role: WeightRole| -> Result<HbmTensor, ProgramError> {
-            let inter = e.ranks[r].shard.inter.clone();
-            let hf = weight_name(role, l, None);
-            e.weight(r, true, &hf, &[inter.len()], WeightSlice::Range(inter))
-        };
-        for (label, role, brole) in
-            [("gate_proj", WeightRole::Gate, WeightRole::GateBias), ("up_proj", WeightRole::Up, WeightRole::UpBias)]
-        {
-            self.each_rank(label, OpCategory::Matmul, at, |e, r| {
-                let (wt, b) = (w(e, r, role)?, bias(e, r, brole)?);
-                let i = e.ranks[r].shard.inter.len();
-                let out = if role == WeightRole::Gate { e.ranks[r].gate.clone() } else { e.ranks[r].up.clone() };
-                let out = out.ok_or_else(|| e.err(missing("gate/up activations")))?;
-                let xn = e.ranks[r].xn.clone();
-                e.matmul(r, &xn, &wt, Some(&b), &out, [t, h, i], dt)
-            })?;
-        }
-        self.each_rank("swiglu", OpCategory::Elementwise, at, |e, r| {
-            let (g, u) = match (&e.ranks[r].gate, &e.ranks[r].up) {
-                (Some(g), Some(u)) => (g.clone(), u.clone()),
-                _ => return Err(e.err(missing("gate/up activations"))),
-            };
-            let a = args(g.shape(), dt);
-            e.run(r, |k| &*k.swiglu, &a, &[("a", &g), ("b", &u), ("y", &g)])
-        })?;
-        self.each_rank("down_proj", OpCategory::Matmul, at, |e, r| {
-            let wd = w(e, r, WeightRole::Down)?;
-            let b = if r == 0 {
-                Some(e.weight(r, true, &weight_name(WeightRole::DownBias, l, None), &[h], WeightSlice::Whole)?)
-            } else {
-                None
-            };
-            let g = e.ranks[r].gate.clone().ok_or_else(|| e.err(missing("gate activations")))?;
-            let y = e.ranks[r].y.clone();
-            let i = e.ranks[r].shard.inter.len();
-            e.matmul(r, &g, &wd, b.as_ref(), &y, [t, i, h], dt)
-        })
-    }
-
-    /// Final norm of each sequence's last row, LM head, logits and arg-max.
-    fn head(&mut self) -> Result<(), ProgramError> {
-        let Dims { b, s, h, v, .. } = self.dims;
-        let dt = self.spec.dtype;
-        if s > 1 {
-            self.each_rank("last_rows", OpCategory::Layout, None, |e, r| {
-                let src = e.ranks[r].x.view().reshape(&[b, s, h]).at(1, s - 1);
-                let dst = e.ranks[r].last.view();
-                e.dma(r, 0, dst, src)
-            })?;
-        }
-        self.each_rank("final_norm", OpCategory::Norm, None, |e, r| {
-            let gamma = e.norm_weight(r, WeightRole::FinalNorm, 0, h)?;
-            let src = if s > 1 { e.ranks[r].last.clone() } else { e.ranks[r].x.clone() };
-            let last = e.ranks[r].last.clone();
-            e.rmsnorm(r, &gamma, &src, &last, b)
-        })?;
-        let head_source = if self.cfg.tie_word_embeddings { EMBED } else { "lm_head.weight" };
-        self.each_rank("lm_head", OpCategory::Matmul, None, |e, r| {
-            let shard = &e.ranks[r].shard;
-            let (rows, width) = (shard.vocab.clone(), shard.vocab_width);
-            let name = shard_name("lm_head.weight", e.spec.tp, r as u32);
-            let w = match e.declared.get(&name) {
-                Some(w) => w.clone(),
-                None => {
-                    let slice = WeightSlice::Transposed { rows, cols: 0..h, width };
-                    let source = TensorSource::Weight { name: head_source.into(), slice };
-                    e.input(e.ranks[r].chip, &name, &[h, width], dt, source)?
-                }
-            };
-            let (last, logits) = (e.ranks[r].last.clone(), e.ranks[r].logits.clone());
-            e.matmul(r, &last, &w, None, &logits, [b, h, width], DType::F32)
-        })?;
-        if self.spec.tp > 1 {
-            return Err(ProgramError::Unsupported {
-                what: "gathering the logits of several cores".into(),
-                why: "collectives are not available yet".into(),
-            });
-        }
-        self.op("argmax", OpCategory::Sampling, None, |e| {
-            let logits = e.ranks[0].logits.clone();
-            let chip = e.ranks[0].chip;
-            let next = e.tensor(chip, trainyard_isa::TensorKind::Output, NEXT_TOKEN, &[b], DType::U32)?;
-            let a = args(&[b, v], DType::F32);
-            e.run(0, |k| &*k.argmax, &a, &[("x", &logits), ("idx", &next)])
-        })
     }
 }
 

@@ -153,6 +153,59 @@ impl DecoderProgram {
                 Ok(v.into_iter().map(|x| x as f32).collect())
             }
             TensorSource::Cache(t) => Ok(cache.load(t, self.spec.phase.cache_len())),
+            TensorSource::Stacked { names, slice } => {
+                let mut out = Vec::new();
+                for n in names {
+                    let w = weights.get(n).ok_or_else(|| ProgramError::WeightSlice {
+                        name: n.clone(),
+                        why: "not in the checkpoint".into(),
+                    })?;
+                    out.extend(slice.extract(n, w)?);
+                }
+                Ok(out)
+            }
+            TensorSource::MoeSendIds { rank } | TensorSource::MoeReturnIds { rank } => {
+                let k = cfg.moe().map_or(1, |m| m.experts_per_token as usize);
+                let n = self.spec.tp as usize;
+                let tl = rows / n.max(1);
+                let c = tl * k / n.max(1);
+                let rank = *rank as usize;
+                let ids: Vec<f32> = if matches!(source, TensorSource::MoeSendIds { .. }) {
+                    (0..n)
+                        .flat_map(|d| (0..c).map(move |q| q * n + d))
+                        .map(|slot| (rank * tl + slot / k) as f32)
+                        .collect()
+                } else {
+                    (0..tl * k).map(|slot| ((slot % n) * c + slot / n) as f32).collect()
+                };
+                Ok(ids)
+            }
+            TensorSource::MoeDispatch { experts }
+            | TensorSource::MoeCombine { experts }
+            | TensorSource::MoeLocal { experts } => {
+                let (e, k) = cfg.moe().map_or((1, 1), |m| (m.num_experts as usize, m.experts_per_token as usize));
+                let cap = (rows * k).div_ceil(e);
+                // Slot `s = t·k + j` goes to expert `s mod E`, as its `(s / E)`-th token.
+                let ids: Vec<f32> = match source {
+                    TensorSource::MoeDispatch { .. } => experts
+                        .clone()
+                        .flat_map(|ex| (0..cap).map(move |c| c * e + ex))
+                        .map(|slot| if slot < rows * k { (slot / k) as f32 } else { 0.0 })
+                        .collect(),
+                    TensorSource::MoeCombine { .. } => (0..rows * k)
+                        .map(|slot| {
+                            let ex = slot % e;
+                            if experts.contains(&ex) {
+                                ((ex - experts.start) * cap + slot / e) as f32
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect(),
+                    _ => (0..rows * k).map(|slot| f32::from(u8::from(experts.contains(&(slot % e))))).collect(),
+                };
+                Ok(ids)
+            }
         }
     }
 }

@@ -104,9 +104,31 @@ pub struct DecoderSpec {
     pub dtype: DType,
     /// Tensor-parallel degree: ranks `0..tp` run on cores `0..tp` (chip `r / cores per chip`).
     pub tp: u32,
+    /// How MoE layers route tokens (ignored for dense models).
+    pub moe: MoeRouting,
+    /// MoE experts spread over the ranks (`E/tp` whole experts each) instead of every rank
+    /// holding a `1/tp` column slice of every expert.
+    pub expert_parallel: bool,
     /// Emit layers 0–2 through the builder and copy layer 2's instructions for the others
     /// when that is exact (see `replicate`); `false` emits every layer.
     pub reuse_layers: bool,
+    /// A barrier ([`KernelBuilder::barrier`](trainyard_kernels::KernelBuilder::barrier))
+    /// before every layer and before the head, so that each layer starts on an idle
+    /// machine and its time does not depend on the layers before it (timing by
+    /// extrapolation, see [`with_layers`]).
+    pub layer_barriers: bool,
+}
+
+/// How a mixture-of-experts layer sends tokens to experts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoeRouting {
+    /// Every expert on every token, gated by the top-k renormalised router probabilities
+    /// (zero outside the top k): exact, `E/k` times the expert work (functional runs).
+    Dense,
+    /// `⌈T·k/E⌉` token slots per expert, filled round-robin (slot `t·k + j` to expert
+    /// `(t·k + j) mod E`): the load of uniform routing, not data-dependent (timed-only runs).
+    Uniform,
 }
 
 /// What an op does, for time shares.
@@ -135,6 +157,8 @@ pub enum OpCategory {
     Collective,
     /// Arg-max of the logits.
     Sampling,
+    /// Barriers at layer boundaries ([`DecoderSpec::layer_barriers`]).
+    Barrier,
 }
 
 impl OpCategory {
@@ -152,6 +176,7 @@ impl OpCategory {
             OpCategory::Router => "router",
             OpCategory::Collective => "collective",
             OpCategory::Sampling => "sampling",
+            OpCategory::Barrier => "barrier",
         }
     }
 }
@@ -244,6 +269,43 @@ pub enum TensorSource {
     RopeSin,
     /// A KV cache updated in place (decode).
     Cache(CacheTensor),
+    /// Several checkpoint weights (experts) cut alike and stacked along a new leading axis.
+    Stacked {
+        /// Checkpoint tensors, in stacking order.
+        names: Vec<String>,
+        /// The cut of each.
+        slice: WeightSlice,
+    },
+    /// MoE dispatch `[n·cap]` (i32): the token of each slot of experts `experts`
+    /// ([`MoeRouting::Uniform`]).
+    MoeDispatch {
+        /// The experts whose slots these are.
+        experts: Range<usize>,
+    },
+    /// MoE combine `[T·k]` (i32): the slot (among those of `experts`) of each token's `j`-th
+    /// expert, 0 when that expert is not among them.
+    MoeCombine {
+        /// The experts whose slots are gathered.
+        experts: Range<usize>,
+    },
+    /// MoE `[T, k, 1]`: 1 where a token's `j`-th expert is among `experts`, else 0.
+    MoeLocal {
+        /// The experts of the rank.
+        experts: Range<usize>,
+    },
+    /// Token-split expert parallelism, rank `rank`: the token of each slot it sends, by
+    /// destination rank `[n·c]` (its tokens are `rank·T/n..`; slot `s = t·k + j` of its
+    /// `t`-th token goes to rank `s mod n` as that rank's `(s / n)`-th from it).
+    MoeSendIds {
+        /// The rank.
+        rank: u32,
+    },
+    /// Token-split expert parallelism: where each of the rank's tokens' `k` slots comes back
+    /// `[T/n·k]` (row `(s mod n)·c + s / n`).
+    MoeReturnIds {
+        /// The rank.
+        rank: u32,
+    },
 }
 
 /// One KV-cache tensor `[B, kv_heads.len(), L, D]`.
@@ -326,6 +388,13 @@ pub enum ProgramError {
         /// What is wrong.
         why: String,
     },
+}
+
+/// `cfg` with only its first `layers` decoder layers (at least 1), for timing a model from
+/// a few of its layers: every layer of a config has the same shape, so layer `l` of the cut
+/// model is layer `l` of the whole one.
+pub fn with_layers(cfg: &LlmConfig, layers: u32) -> LlmConfig {
+    LlmConfig { num_layers: layers.max(1), ..cfg.clone() }
 }
 
 /// Builds the program of one prefill or decode step (see the [module docs](self)).

@@ -159,8 +159,9 @@ pub(super) fn splice(program: &mut Program, ops: &mut Vec<OpSpan>, built: &Built
     for by in 1..=extra {
         for inst in &insts[l2.start as usize..l2.end as usize] {
             match moved(inst, &strides, 2, by, first, len) {
-                Some(m) => out.push(m),
-                None => return false,
+                // Waits point backwards, as the builder's do (so no cycle of waits appears).
+                Some(m) if m.deps.iter().all(|d| (d.0 as usize) < out.len()) => out.push(m),
+                _ => return false,
             }
         }
     }

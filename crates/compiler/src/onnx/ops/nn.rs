@@ -89,7 +89,7 @@ pub(super) fn conv(c: &Ctx) -> PResult<Parsed> {
     if group < 1 {
         return Err(c.attr_err("group", format!("must be ≥ 1, got {group}")));
     }
-    let op = Op::Conv(Conv { window: window(c, spatial, kernel, true)?, group: group as usize });
+    let op = Op::Conv(Conv { window: window(c, spatial, kernel, true)?, group: group as usize, activation: None });
     Ok(Parsed::op(op, if c.opt(2).is_some() { vec![0, 1, 2] } else { vec![0, 1] }))
 }
 

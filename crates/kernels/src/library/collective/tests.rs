@@ -95,16 +95,22 @@ fn composes_in_a_core_window_and_restores_it() {
 }
 
 #[test]
-fn workspace_is_reused_across_calls() {
-    let chip = ChipSpec::by_name("trn2").unwrap();
+fn hierarchical_workspace_is_reused_across_calls() {
+    // Two chips with two participants each: the sums go through an f32 workspace per participant.
+    let chip = system("trn2", 2);
     let mut kb = KernelBuilder::new("ar", &chip);
-    let parts: Vec<HbmTensor> = (0..3).map(|i| kb.hbm_output(&format!("p{i}"), &[500], DType::Bf16).unwrap()).collect();
-    all_reduce(&mut kb, &parts, &[0, 1, 2]).unwrap();
-    let declared = kb.insts().len();
-    all_reduce(&mut kb, &parts, &[0, 1, 2]).unwrap();
-    assert!(kb.insts().len() == 2 * declared);
+    let cores = [0u16, 1, 8, 9];
+    let parts: Vec<HbmTensor> = cores
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| kb.hbm_output_on(c as u32 / 8, &format!("p{i}"), &[500], DType::Bf16).unwrap())
+        .collect();
+    all_reduce(&mut kb, &parts, &cores).unwrap();
+    let once = kb.insts().len();
+    all_reduce(&mut kb, &parts, &cores).unwrap();
+    assert_eq!(kb.insts().len(), 2 * once);
     let program = kb.finish().unwrap();
-    assert_eq!(program.tensors.iter().filter(|t| t.kind == TensorKind::Scratch).count(), 3);
+    assert_eq!(program.tensors.iter().filter(|t| t.kind == TensorKind::Scratch).count(), 4);
 }
 
 #[test]
@@ -156,9 +162,9 @@ fn rings_walk_the_torus_one_link_at_a_time() {
 }
 
 #[test]
-fn large_all_reduce_reaches_high_link_use() {
-    // 2 chips × 1 core, 8 MiB f32: the ring's cross-chip steps are pipelined,
-    // so the run takes a few times bytes / link, not the serial sum of steps.
+fn large_all_reduce_is_pipelined() {
+    // 2 chips × 1 core, 8 MiB f32: pieces of the pulls, adds and pushes
+    // overlap, so the run takes a few times bytes / link, not their serial sum.
     let chip = system("trn2", 2);
     let mut args = KernelArgs::new(&[2 * 1024 * 1024], DType::F32);
     args.cores = 2;
