@@ -276,3 +276,42 @@ fn bundled_tiny_models_on_the_device() {
         std::fs::remove_dir_all(&out).unwrap();
     }
 }
+
+/// The PP-OCR classifier, recognizer and detector (`scripts/fetch-ppocr.sh`) on the
+/// device: they match the interpreter and onnxruntime's outputs.
+#[test]
+fn ppocr_models_on_the_device() {
+    let dir = match std::env::var_os("PPOCR_DATA_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.data/ppocr"),
+    };
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "PP-OCR models missing under {}: run scripts/fetch-ppocr.sh",
+        dir.display()
+    );
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    for m in manifest["models"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        let out = scratch(name);
+        let mut cmd = bin();
+        cmd.arg("run").arg(dir.join(m["model"].as_str().unwrap()));
+        cmd.args(["--chip", "trn2", "--check", "--json", "--out", out.to_str().unwrap()]);
+        for input in m["inputs"].as_array().unwrap() {
+            let file = dir.join(input["file"].as_str().unwrap());
+            cmd.arg("--input").arg(format!("{}={}", input["name"].as_str().unwrap(), file.display()));
+        }
+        let v = json(&cmd.output().unwrap());
+        assert_eq!(v["check"]["passed"], true, "{name}: {}", v["check"]);
+        for output in m["outputs"].as_array().unwrap() {
+            let o = output["name"].as_str().unwrap();
+            let got = read_npy(&out.join(trainyard_runtime::output_file_name(o))).unwrap();
+            let want = read_npy(&dir.join(output["file"].as_str().unwrap())).unwrap();
+            assert_eq!(got.shape, want.shape, "{name} `{o}`");
+            let max = got.to_f32().iter().zip(want.to_f32()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            println!("{name} `{o}`: max abs error {max:.3e} vs onnxruntime");
+            assert!(max <= 2e-3, "{name} `{o}`: {max}");
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}

@@ -74,6 +74,12 @@ pub trait Emitter {
     fn batch_separable(&self, _batched: &[bool], _shapes: &[Vec<usize>], _out: &[usize]) -> bool {
         false
     }
+    /// Whether the step stays under half of each core's SBUF, so the compiler may place
+    /// consecutive such steps in alternate halves: a step's first loads (weights) then
+    /// need not wait for the previous step to release its tiles.
+    fn half_sbuf(&self) -> bool {
+        false
+    }
     /// Whether inputs without elements may be left out of the step (a concatenation).
     fn skips_empty_inputs(&self) -> bool {
         false

@@ -536,8 +536,15 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
         a.region(&format!("tmp{k}.{j}"), offsets[i], &device_shape(shape), dtype).map_err(LowerError::from)
     };
     let batched = batched_values(&g, &steps, &parallelism);
+    let mut alternate = false;
     for (k, s) in steps.iter().enumerate() {
         let StepKind::Emit(e) = &s.kind else { continue };
+        // Steps that fit half the SBUF take alternate halves, so each one's first loads
+        // overlap the previous one's work.
+        let upper = e.half_sbuf() && alternate;
+        if e.half_sbuf() {
+            alternate = !alternate;
+        }
         let full = Io {
             inputs: s.inputs.iter().map(|&v| tensor_of(v)).collect::<Result<_, _>>()?,
             outputs: s.outputs.iter().map(|&v| tensor_of(v)).collect::<Result<_, _>>()?,
@@ -579,6 +586,7 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
                             t.dtype(),
                         )
                     };
+                    let lower_half = if upper { Some(reserve_half(&mut kb, 1).map_err(wrap)?) } else { None };
                     let io = Io {
                         inputs: s
                             .inputs
@@ -591,6 +599,9 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
                         temps: full.temps.iter().map(|t| slice(t, true)).collect::<Result<_, _>>().map_err(wrap)?,
                     };
                     e.emit(&mut Cx { kb: &mut kb, cores: 1 }, &io).map_err(wrap)?;
+                    if let Some(tiles) = lower_half {
+                        release(&mut kb, tiles).map_err(wrap)?;
+                    }
                 }
             }
             None => {
@@ -599,7 +610,11 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
                     Parallelism::DataParallel { .. } => 1,
                 };
                 kb.set_core_window(0, cores).map_err(wrap)?;
+                let lower_half = if upper { Some(reserve_half(&mut kb, cores).map_err(wrap)?) } else { None };
                 e.emit(&mut Cx { kb: &mut kb, cores }, &full).map_err(wrap)?;
+                if let Some(tiles) = lower_half {
+                    release(&mut kb, tiles).map_err(wrap)?;
+                }
             }
         }
         let end = kb.next_id().0;
@@ -624,6 +639,24 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
     report.peak += report.workspace;
     let outputs = outputs.into_iter().flatten().collect();
     Ok(Compiled { program, inputs, outputs, weights, ops, hbm: report, parallelism, graph: g })
+}
+
+/// Takes the lower half of the SBUF of cores `0..cores` of the window (so the next
+/// step allocates in the upper half), leaving core 0 current.
+fn reserve_half(kb: &mut KernelBuilder, cores: u16) -> Result<Vec<trainyard_kernels::Tile>, BuildError> {
+    let half = kb.chip().core.sbuf.bytes_per_partition as usize / 2;
+    let p = kb.chip().core.sbuf.partitions as usize;
+    let mut tiles = Vec::with_capacity(cores as usize);
+    for c in 0..cores {
+        kb.core(c)?;
+        tiles.push(kb.sbuf_tile(&[p, half], DType::U8)?);
+    }
+    kb.core(0)?;
+    Ok(tiles)
+}
+
+fn release(kb: &mut KernelBuilder, tiles: Vec<trainyard_kernels::Tile>) -> Result<(), BuildError> {
+    tiles.into_iter().try_for_each(|t| kb.free(t))
 }
 
 fn overflow(tensor: &str, chip: &ChipSpec, r: &HbmReport, arena: u64) -> LowerError {

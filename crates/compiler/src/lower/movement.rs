@@ -457,6 +457,14 @@ impl Emitter for GatherRows {
     fn kernels(&self) -> String {
         "elementwise+embedding".into()
     }
+    fn batch_separable(&self, batched: &[bool], _: &[Vec<usize>], _: &[usize]) -> bool {
+        // Rows of a table picked by batched indices, or batched data indexed along a later axis.
+        match (batched.first(), batched.get(1)) {
+            (Some(false), Some(true)) => self.axis == 0,
+            (Some(true), Some(false)) => self.axis > 0,
+            _ => false,
+        }
+    }
     fn temps(&self) -> Vec<(Vec<usize>, DType)> {
         vec![(self.idx_shape.clone(), DType::I32)]
     }

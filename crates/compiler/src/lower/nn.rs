@@ -64,6 +64,10 @@ impl Epilogue {
             Unary::Relu => ActFn::Relu,
             Unary::Sigmoid => ActFn::Sigmoid,
             Unary::Tanh => ActFn::Tanh,
+            Unary::Gelu { tanh: false } => ActFn::GeluErf,
+            Unary::Gelu { tanh: true } => ActFn::GeluTanh,
+            Unary::Softplus => ActFn::Softplus,
+            Unary::Swish(a) if *a == 1.0 => ActFn::Silu,
             Unary::Clip { min, max } if self.clip.is_none() => {
                 self.clip = Some((*min, *max));
                 return true;
@@ -186,9 +190,19 @@ pub fn conv(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError> 
             }
         }
     }
+    // An activation the graph passes fused into the Conv: in the epilogue when the
+    // kernel has it, else an elementwise pass after; nothing more fuses after it.
+    let mut post = None;
+    if let Some(u) = &c.activation {
+        if !ep.unary(u) {
+            let mut prog = EwProgram::new(Arg::In(0));
+            prog.result = prog.unary(u, Arg::In(0), false).map_err(|e| unsupported(node, e))?;
+            post = Some(prog);
+        }
+    }
     let mut cur = node.outputs[0];
     let mut types = vec![node.op_type.clone()];
-    while let Some(r) = p.sole_reader(cur) {
+    while let Some(r) = p.sole_reader(cur).filter(|_| post.is_none() && c.activation.is_none()) {
         let rn = p.g.nodes[r].clone();
         let rank = p.shape(cur).len();
         let fused = match &rn.op {
@@ -306,6 +320,7 @@ pub fn conv(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError> 
         residual: ep.residual.is_some(),
         upsample: None,
         runtime,
+        post,
     };
     Ok(step(node, &types.join("+"), inputs, vec![cur], e))
 }
@@ -323,6 +338,8 @@ struct ConvStep {
     upsample: Option<UpSample>,
     /// Weights given at run time, packed on the device first.
     runtime: Option<RuntimePack>,
+    /// An activation the kernel's epilogue has no form for, applied after (in place).
+    post: Option<EwProgram>,
 }
 
 /// Packing weights that are a graph input: one strided copy per (output block, input
@@ -407,12 +424,16 @@ impl ConvStep {
 }
 
 impl Emitter for ConvStep {
+    fn half_sbuf(&self) -> bool {
+        true
+    }
+
     fn kernels(&self) -> String {
-        if self.upsample.is_some() {
-            "dma_copy+conv2d".into()
-        } else {
-            "conv2d".into()
+        let mut k = if self.upsample.is_some() { "dma_copy+conv2d" } else { "conv2d" }.to_string();
+        if self.post.is_some() {
+            k.push_str("+elementwise");
         }
+        k
     }
 
     fn temps(&self) -> Vec<(Vec<usize>, DType)> {
@@ -458,7 +479,12 @@ impl Emitter for ConvStep {
         }
         bind.push(("y", y4));
         let refs: Vec<(&str, &HbmTensor)> = bind.iter().map(|(k, t)| (*k, t)).collect();
-        cx.library("conv2d", self.args(shape, x.dtype()), &refs)
+        cx.library("conv2d", self.args(shape, x.dtype()), &refs)?;
+        if let Some(prog) = &self.post {
+            Elementwise::new(prog.clone())
+                .emit(cx, &Io { inputs: vec![y.clone()], outputs: vec![y.clone()], temps: vec![] })?;
+        }
+        Ok(())
     }
 }
 
@@ -547,6 +573,7 @@ pub fn conv_transpose(p: &mut Planner, node: &Node) -> Result<Step, LowerError> 
         residual: false,
         upsample,
         runtime,
+        post: None,
     };
     Ok(step(node, &node.op_type.clone(), inputs, node.outputs.clone(), e))
 }

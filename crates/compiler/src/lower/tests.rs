@@ -380,13 +380,18 @@ fn convolutions_with_fused_batch_norm_residual_and_relu() {
         }),
         vec![mp, wt],
     );
-    g.outputs.extend([r2, lrn, gap, n2, ct]);
+    // An activation the passes fuse into the Conv that the kernel's epilogue lacks.
+    let w3 = g.add_constant("w3", random(&[4, 3, 1, 1], 6, -0.5, 0.5));
+    let c3 = node(&mut g, "conv3", "Conv", conv_op(1, 1, 0, 1), vec![x, w3]);
+    let l3 = node(&mut g, "leaky", "LeakyRelu", Op::Unary(Unary::LeakyRelu(0.2)), vec![c3]);
+    g.outputs.extend([r2, lrn, gap, n2, ct, l3]);
     let inputs = HashMap::from([("x".into(), random(&[2, 3, 9, 9], 7, -1.0, 1.0))]);
     for (chip_name, cores) in [("trn2", 1), ("trn1", 2)] {
         let c = check_on(&g, &inputs, chip_name, LowerOptions { cores, ..Default::default() }, 1e-4);
         let types: Vec<&str> = c.ops.iter().map(|o| o.op_type.as_str()).collect();
         assert!(types.contains(&"Conv+BatchNormalization+Relu"), "{types:?}");
         assert!(types.iter().any(|t| t.starts_with("Conv+Add")), "{types:?}");
+        assert!(c.ops.iter().any(|o| o.op_type == "Conv+LeakyRelu" && o.kernel == "conv2d+elementwise"), "{:?}", c.ops);
         if cores == 2 {
             assert_eq!(c.parallelism, Parallelism::DataParallel { cores: 2, batch: 2 });
             let used: std::collections::BTreeSet<u16> = c.program.insts.iter().map(|i| i.core).collect();
@@ -463,4 +468,66 @@ fn hbm_is_planned_by_liveness_and_overflow_names_the_tensor() {
     tiny.chip.hbm_bytes = 2048;
     let e = compile(&g, &tiny, &opts).unwrap_err();
     assert!(e.to_string().contains("at tensor `x`"), "{e}");
+}
+
+/// A GPT-style block as an exporter writes it: embedding gather, LayerNorm, fused QKV
+/// projection, heads split by Reshape/Transpose, scaled scores with a causal mask,
+/// Softmax, the attention-weighted sum, the output projection, residual adds and a GELU
+/// MLP; batch 2 split data-parallel over two cores.
+#[test]
+fn transformer_block() {
+    let (b, t, d, h, v) = (2usize, 8usize, 16usize, 2usize, 30usize);
+    let hd = d / h;
+    let mut g = Graph::new("gpt");
+    let ids = g.add_input("ids", TensorType::new(DataType::I64, vec![b, t]));
+    let wte = g.add_constant("wte", random(&[v, d], 1, -1.0, 1.0));
+    let x = node(&mut g, "embed", "Gather", Op::Gather { axis: 0 }, vec![wte, ids]);
+    let ln_s = g.add_constant("ln.s", random(&[d], 2, 0.5, 1.5));
+    let ln_b = g.add_constant("ln.b", random(&[d], 3, -0.5, 0.5));
+    let ln = Op::LayerNorm { axis: 2, epsilon: 1e-5, stats_dtype: DataType::F32 };
+    let xn = g.add_node("ln1", "LayerNormalization", ln.clone(), vec![x, ln_s, ln_b]).unwrap()[0];
+    let wqkv = g.add_constant("wqkv", random(&[d, 3 * d], 4, -0.3, 0.3));
+    let bqkv = g.add_constant("bqkv", random(&[3 * d], 5, -0.1, 0.1));
+    let qkv = node(&mut g, "qkv", "MatMul", Op::MatMul, vec![xn, wqkv]);
+    let qkv = node(&mut g, "qkv_b", "Add", Op::Binary(Binary::Add), vec![qkv, bqkv]);
+    let parts = g.add_node("split", "Split", Op::Split { axis: 2, sizes: vec![d, d, d] }, vec![qkv]).unwrap();
+    let heads = |g: &mut Graph, x: ValueId, name: &str, perm: Vec<usize>| {
+        let r = node(g, &format!("{name}_r"), "Reshape", Op::Reshape { shape: vec![b, t, h, hd] }, vec![x]);
+        node(g, &format!("{name}_t"), "Transpose", Op::Transpose { perm }, vec![r])
+    };
+    let q = heads(&mut g, parts[0], "q", vec![0, 2, 1, 3]);
+    let k = heads(&mut g, parts[1], "k", vec![0, 2, 3, 1]);
+    let vv = heads(&mut g, parts[2], "v", vec![0, 2, 1, 3]);
+    let s = node(&mut g, "scores", "MatMul", Op::MatMul, vec![q, k]);
+    let scale = g.add_constant("scale", Tensor::from_f32(vec![], &[1.0 / (hd as f32).sqrt()]).unwrap());
+    let s = node(&mut g, "scaled", "Mul", Op::Binary(Binary::Mul), vec![s, scale]);
+    let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { -1e9 } else { 0.0 }).collect();
+    let mask = g.add_constant("mask", Tensor::from_f32(vec![t, t], &mask).unwrap());
+    let s = node(&mut g, "masked", "Add", Op::Binary(Binary::Add), vec![s, mask]);
+    let p = node(
+        &mut g,
+        "probs",
+        "Softmax",
+        Op::Softmax { kind: SoftmaxKind::Softmax, axis: 3, coerce_2d: false },
+        vec![s],
+    );
+    let o = node(&mut g, "attn", "MatMul", Op::MatMul, vec![p, vv]);
+    let o = node(&mut g, "merge_t", "Transpose", Op::Transpose { perm: vec![0, 2, 1, 3] }, vec![o]);
+    let o = node(&mut g, "merge_r", "Reshape", Op::Reshape { shape: vec![b, t, d] }, vec![o]);
+    let wo = g.add_constant("wo", random(&[d, d], 6, -0.3, 0.3));
+    let o = node(&mut g, "proj", "MatMul", Op::MatMul, vec![o, wo]);
+    let x = node(&mut g, "res1", "Add", Op::Binary(Binary::Add), vec![x, o]);
+    let xn = g.add_node("ln2", "LayerNormalization", ln, vec![x, ln_s, ln_b]).unwrap()[0];
+    let w1 = g.add_constant("w1", random(&[d, 4 * d], 7, -0.3, 0.3));
+    let f = node(&mut g, "fc", "MatMul", Op::MatMul, vec![xn, w1]);
+    let f = node(&mut g, "gelu", "Gelu", Op::Unary(Unary::Gelu { tanh: false }), vec![f]);
+    let w2 = g.add_constant("w2", random(&[4 * d, d], 8, -0.3, 0.3));
+    let f = node(&mut g, "fc2", "MatMul", Op::MatMul, vec![f, w2]);
+    let y = node(&mut g, "res2", "Add", Op::Binary(Binary::Add), vec![x, f]);
+    g.outputs.push(y);
+    let idv: Vec<i128> = (0..b * t).map(|i| (i * 7 % v) as i128).collect();
+    let inputs = HashMap::from([("ids".into(), Tensor::from_i128(DataType::I64, vec![b, t], idv).unwrap())]);
+    let c = check_on(&g, &inputs, "trn2", LowerOptions { cores: 2, ..Default::default() }, 1e-4);
+    assert_eq!(c.parallelism, Parallelism::DataParallel { cores: 2, batch: 2 });
+    check_on(&g, &inputs, "trn1", LowerOptions::default(), 1e-4);
 }

@@ -29,8 +29,13 @@ pub use conv::{Conv2d, ConvGeometry, ConvPacking, OutBlock, WeightPart};
 pub use lrn::Lrn;
 pub use pool::Pool2d;
 
+use trainyard_arch::DType;
+use trainyard_isa::Space;
+
 use super::{Kernel, KernelArgs};
+use crate::builder::{KernelBuilder, Tile, TilePool};
 use crate::error::BuildError;
+use crate::view::View;
 
 /// The kernels of this family.
 pub fn kernels() -> Vec<Box<dyn Kernel>> {
@@ -39,6 +44,64 @@ pub fn kernels() -> Vec<Box<dyn Kernel>> {
 
 fn kernel_err(kernel: &str, message: impl Into<String>) -> BuildError {
     BuildError::Kernel { kernel: kernel.to_string(), message: message.into() }
+}
+
+/// Every tile and pool a kernel of this family allocates, given back together when
+/// the kernel ends — also when it fails half-way, so a builder that goes on after an
+/// error finds its SBUF and PSUM as they were.
+#[derive(Debug, Default)]
+struct Held {
+    pools: Vec<TilePool>,
+    tiles: Vec<Tile>,
+}
+
+impl Held {
+    /// A pool of `bufs` tiles on the current core; returns its index for [`Held::next`].
+    fn pool(
+        &mut self,
+        kb: &mut KernelBuilder,
+        space: Space,
+        shape: &[usize],
+        dtype: DType,
+        bufs: usize,
+    ) -> Result<usize, BuildError> {
+        self.pools.push(kb.tile_pool(space, shape, dtype, bufs)?);
+        Ok(self.pools.len() - 1)
+    }
+
+    /// An SBUF tile on the current core.
+    fn tile(&mut self, kb: &mut KernelBuilder, shape: &[usize], dtype: DType) -> Result<View, BuildError> {
+        let t = kb.sbuf_tile(shape, dtype)?;
+        let v = t.view();
+        self.tiles.push(t);
+        Ok(v)
+    }
+
+    /// The next buffer of pool `i`.
+    fn next(&mut self, i: usize) -> Result<View, BuildError> {
+        self.pools.get_mut(i).map(TilePool::next).ok_or_else(|| kernel_err("cnn", format!("no pool {i}")))
+    }
+
+    fn free(self, kb: &mut KernelBuilder) -> Result<(), BuildError> {
+        self.tiles.into_iter().try_for_each(|t| kb.free(t))?;
+        self.pools.into_iter().try_for_each(|p| kb.free_pool(p))
+    }
+}
+
+/// Runs `body` with a [`Held`] whose allocations are freed whatever the outcome, and
+/// puts the builder back on its current core.
+fn with_held<T>(
+    kb: &mut KernelBuilder,
+    body: impl FnOnce(&mut KernelBuilder, &mut Held) -> Result<T, BuildError>,
+) -> Result<T, BuildError> {
+    let home = kb.current_core();
+    let mut held = Held::default();
+    let result = body(kb, &mut held);
+    let freed = held.free(kb);
+    kb.core(home)?;
+    let value = result?;
+    freed?;
+    Ok(value)
 }
 
 /// A list option of exactly `N` unsigned integers (`key=a,b`), or `default`.

@@ -4,15 +4,13 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{ActFn, AluOp, Engine, TensorKind};
+use trainyard_isa::{ActFn, AluOp, Engine, Space, TensorKind};
 
-use super::{kernel_err, Band, Window2d};
+use super::{kernel_err, with_held, Band, Held, Window2d};
 use crate::builder::KernelBuilder;
 use crate::error::BuildError;
 use crate::insts::Stage;
-use crate::library::elementwise::common::{
-    act_f64, act_fn, bound, check_emit, chunks, input, output, sig, split, Allocs,
-};
+use crate::library::elementwise::common::{act_f64, act_fn, bound, check_emit, chunks, input, output, sig, split};
 use crate::library::{standalone, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig, Tolerance};
 use crate::view::View;
 
@@ -33,14 +31,18 @@ use crate::view::View;
 /// after a Vector add of the residual when there is one; a clamp runs on the
 /// Vector engine.
 ///
-/// Weights are loaded once per core and stay in SBUF when they fit a
-/// 96 KiB-per-partition budget (else output-channel blocks are processed in
-/// sets that fit, re-reading bands per set); bands and outputs are
+/// Weights are loaded once per core (on DMA queues 8–11, apart from the
+/// activations) and stay in SBUF when they fit a quarter of a partition's SBUF (else
+/// output-channel blocks are processed in sets that fit, re-reading bands per set);
+/// the kernel stays under half the SBUF in all. Bands and outputs are
 /// multi-buffered so DMA overlaps the matmuls. Groups: when each group has
 /// ≤ 128 input and output channels, several groups share one block with a
 /// block-diagonal weight (depthwise convolutions run as dense 128-channel
 /// matmuls instead of 1-row ones). Blocks of work (image, rows, columns) are
-/// split over the cores.
+/// split over the cores. Inputs of ≤ 32 channels fold their kernel taps into the
+/// contraction (up to 128 partitions of shifted windows, loaded from a zero-padded copy
+/// of the image in a workspace), so the stem of an image network does not run its
+/// matmuls on three PE rows.
 pub struct Conv2d;
 
 const NAME: &str = "conv2d";
@@ -56,10 +58,21 @@ const OPTIONS: &[(&str, &str)] = &[
     ("clip", "lo,hi: clamp after the activation (default none)"),
 ];
 
-/// SBUF bytes per partition for resident weights.
-const WEIGHT_BUDGET: usize = 96 * 1024;
-/// SBUF bytes per partition for input bands (all buffers).
-const BAND_BUDGET: usize = 64 * 1024;
+/// Share of a partition's SBUF for resident weights (a quarter) and for input bands
+/// (a sixth): with the output buffers a convolution stays under half the SBUF, so a
+/// compiler can place consecutive convolutions in alternate halves and load the next
+/// one's weights while this one computes.
+fn weight_budget(chip: &ChipSpec) -> usize {
+    chip.core.sbuf.bytes_per_partition as usize / 4
+}
+
+fn band_budget(chip: &ChipSpec) -> usize {
+    chip.core.sbuf.bytes_per_partition as usize / 6
+}
+
+/// First DMA queue of the weight loads: queues of their own, so that a convolution's
+/// weights can load while the previous step's activations still stream on queues 0–3.
+const WEIGHT_QUEUE: u8 = 8;
 /// Columns of one PSUM bank of f32: the most output positions per matmul.
 const BANK: usize = 512;
 /// Input channels up to which kernel taps are folded into the contraction.
@@ -276,14 +289,23 @@ struct Plan {
     /// `fold` shifted copies of the input stack on the partitions, so one matmul
     /// covers `fold` taps.
     fold: usize,
+    /// Weight buffers: 2 when sets alternate (the next set loads during this one's
+    /// matmuls), 1 when all weights stay or one block needs the whole budget.
+    weight_bufs: usize,
 }
 
 impl Plan {
-    fn new(g: ConvGeometry, p: usize, dtype: DType) -> Result<Plan, BuildError> {
+    fn new(g: ConvGeometry, chip: &ChipSpec, dtype: DType) -> Result<Plan, BuildError> {
+        let p = chip.core.tensor.rows.min(chip.core.tensor.cols) as usize;
+        let (weight_bytes, band_bytes) = (weight_budget(chip), band_budget(chip));
         let (oh, ow) = g.out_hw()?;
         let pack = ConvPacking::new(&g, p);
         let taps = g.taps();
-        let budget = WEIGHT_BUDGET / dtype.size();
+        // All weights resident (one buffer), or sets of blocks double-buffered in halves.
+        let needs: Vec<usize> = pack.blocks.iter().map(|b| b.parts.len() * taps * b.m.len()).collect();
+        let (total, largest) = (needs.iter().sum::<usize>(), needs.iter().copied().max().unwrap_or(0));
+        let whole = weight_bytes / dtype.size();
+        let (budget, weight_bufs) = if total <= whole || largest > whole / 2 { (whole, 1) } else { (whole / 2, 2) };
         let mut sets = Vec::new();
         let (mut start, mut cols, mut set_cols) = (0, 0, 0);
         for (i, b) in pack.blocks.iter().enumerate() {
@@ -292,10 +314,10 @@ impl Plan {
                 return Err(kernel_err(
                     NAME,
                     format!(
-                        "the weights of output channels {:?} take {} bytes per partition, over the {WEIGHT_BUDGET}-byte \
-                         budget",
+                        "the weights of output channels {:?} take {} bytes per partition, over the {}-byte budget",
                         b.m,
-                        need * dtype.size()
+                        need * dtype.size(),
+                        budget * dtype.size()
                     ),
                 ));
             }
@@ -331,7 +353,7 @@ impl Plan {
             } else {
                 2 * set_chunks * band.elements()
             };
-            need * dtype.size() <= BAND_BUDGET
+            need * dtype.size() <= band_bytes
         };
         while !fits(r, q) {
             if r > 1 {
@@ -342,7 +364,7 @@ impl Plan {
                 return Err(kernel_err(NAME, format!("{set_chunks} input-channel chunks do not fit SBUF")));
             }
         }
-        Ok(Plan { g, pack, oh, ow, r, q, sets, set_cols, set_chunks, fold })
+        Ok(Plan { g, pack, oh, ow, r, q, sets, set_cols, set_chunks, fold, weight_bufs })
     }
 
     /// Blocks of work: (image, output rows, output columns).
@@ -361,8 +383,18 @@ impl Plan {
 
 fn parse(chip: &ChipSpec, args: &KernelArgs) -> Result<(Plan, Epilogue), BuildError> {
     let g = ConvGeometry::parse(args)?;
-    let p = chip.core.tensor.rows.min(chip.core.tensor.cols) as usize;
-    Ok((Plan::new(g, p, args.dtype)?, epilogue(args)?))
+    Ok((Plan::new(g, chip, args.dtype)?, epilogue(args)?))
+}
+
+/// The queue of the `i`-th weight load: four queues from [`WEIGHT_QUEUE`] where the
+/// chip has them.
+fn weight_queue(chip: &ChipSpec, i: usize) -> u8 {
+    let queues = chip.core.dma.queues as usize;
+    if queues >= WEIGHT_QUEUE as usize + 4 {
+        WEIGHT_QUEUE + (i % 4) as u8
+    } else {
+        (i % queues.max(1)) as u8
+    }
 }
 
 /// How many sets of output blocks the weights of `args` are loaded in.
@@ -371,13 +403,13 @@ pub(super) fn weight_sets(chip: &ChipSpec, args: &KernelArgs) -> usize {
     parse(chip, args).map(|(p, _)| p.sets.len()).unwrap_or(0)
 }
 
-/// Per-core tiles.
+/// Per-core pools (indices into the kernel's [`Held`]) and the bias columns.
 struct Tiles {
-    weights: crate::builder::TilePool,
-    bands: crate::builder::TilePool,
-    psum: crate::builder::TilePool,
-    out: crate::builder::TilePool,
-    res: Option<crate::builder::TilePool>,
+    weights: usize,
+    bands: usize,
+    psum: usize,
+    out: usize,
+    res: Option<usize>,
     bias: Option<View>,
 }
 
@@ -399,150 +431,154 @@ fn emit(kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost
     let groups = taps.div_ceil(plan.fold);
     let band_bufs = if plan.fold > 1 { 2 * groups } else { 2 * plan.set_chunks };
     let items = plan.items();
-    let home = kb.current_core();
-    let mut allocs = Allocs::default();
-    for (core, range) in split(items.len(), args.cores as usize, 1).into_iter().enumerate() {
-        kb.core(core as u16)?;
-        let mut t = Tiles {
-            weights: kb.sbuf_pool(&[p, plan.set_cols], dtype, if plan.sets.len() > 1 { 2 } else { 1 })?,
-            bands: kb.sbuf_pool(&[p, band_max], dtype, band_bufs)?,
-            psum: kb.psum_pool(&[p, BANK], DType::F32, 2)?,
-            out: kb.sbuf_pool(&[p, BANK], dtype, 3)?,
-            res: if res.is_some() { Some(kb.sbuf_pool(&[p, BANK], dtype, 2)?) } else { None },
-            bias: None,
-        };
-        // A folded convolution with padding reads a zero-padded copy of each image (a
-        // workspace of this core), so every tap's window is one plain strided load.
-        let pad_ws = if plan.fold > 1 && win.pads.iter().any(|&x| x > 0) {
-            let [pt, pl, pb, pr] = win.pads;
-            let (hp, wp) = (g.h + pt + pb, g.w + pl + pr);
-            let bytes = (g.c * hp * wp * dtype.size()) as u64;
-            let key = format!("conv2d.padded.core{}", kb.absolute_core());
-            let ws =
-                kb.hbm_workspace(kb.current_chip(), &key, bytes)?.region("conv2d.padded", 0, &[g.c, hp, wp], dtype)?;
-            let z = (pt.max(pb) * wp).max(g.h * pl.max(pr)).max(1);
-            let zeros = allocs.sbuf(kb, &[g.c, z], dtype)?;
-            kb.memset(Engine::GpSimd, &zeros, 0.0)?;
-            Some((ws, zeros))
-        } else {
-            None
-        };
-        if let Some(b) = bias {
-            let tile = allocs.sbuf(kb, &[p, plan.pack.blocks.len()], DType::F32)?;
-            for (i, blk) in plan.pack.blocks.iter().enumerate() {
-                let col = tile.part(0..blk.m.len()).cols(i..i + 1);
-                kb.dma(&col, b.view().slice(0, blk.m.clone()).reshape(&[blk.m.len(), 1]))?;
-            }
-            t.bias = Some(tile);
-        }
-        for set in &plan.sets {
-            // Weights of the set, each (block, chunk) slice at its own columns.
-            let wt = t.weights.next();
-            let mut col = 0;
-            let mut wcols: BTreeMap<(usize, usize), usize> = BTreeMap::new();
-            for bi in set.clone() {
-                let blk = &plan.pack.blocks[bi];
-                for (pi, part) in blk.parts.iter().enumerate() {
-                    let k = plan.pack.chunks[part.chunk].len();
-                    let mo = blk.m.len();
-                    let n = taps * mo;
-                    let slice = wflat.slice(0, part.offset..part.offset + k * n);
-                    if plan.fold > 1 {
-                        // Partition f·k + c holds tap g·fold + f of channel c, group g at columns g·mo.
-                        let per_tap = slice.reshape(&[k, taps, mo]);
-                        for f in 0..plan.fold {
-                            let gf = (taps - f).div_ceil(plan.fold);
-                            let dst = wt.part(f * k..(f + 1) * k).cols(col..col + gf * mo).reshape_free(&[gf, mo]);
-                            kb.dma(dst, per_tap.slice_step(1, f..taps, plan.fold))?;
-                        }
-                    } else {
-                        kb.dma(wt.part(0..k).cols(col..col + n), slice.reshape(&[k, n]))?;
-                    }
-                    wcols.insert((bi, pi), col);
-                    col += n;
+    with_held(kb, |kb, held| {
+        for (core, range) in split(items.len(), args.cores as usize, 1).into_iter().enumerate() {
+            kb.core(core as u16)?;
+            let mut t = Tiles {
+                weights: held.pool(kb, Space::Sbuf, &[p, plan.set_cols], dtype, plan.weight_bufs)?,
+                bands: held.pool(kb, Space::Sbuf, &[p, band_max], dtype, band_bufs)?,
+                psum: held.pool(kb, Space::Psum, &[p, BANK], DType::F32, 2)?,
+                out: held.pool(kb, Space::Sbuf, &[p, BANK], dtype, 3)?,
+                res: if res.is_some() { Some(held.pool(kb, Space::Sbuf, &[p, BANK], dtype, 2)?) } else { None },
+                bias: None,
+            };
+            // A folded convolution with padding reads a zero-padded copy of each image (a
+            // workspace of this core), so every tap's window is one plain strided load.
+            let pad_ws = if plan.fold > 1 && win.pads.iter().any(|&x| x > 0) {
+                let [pt, pl, pb, pr] = win.pads;
+                let (hp, wp) = (g.h + pt + pb, g.w + pl + pr);
+                let bytes = (g.c * hp * wp * dtype.size()) as u64;
+                let key = format!("conv2d.padded.core{}", kb.absolute_core());
+                let ws = kb.hbm_workspace(kb.current_chip(), &key, bytes)?.region(
+                    "conv2d.padded",
+                    0,
+                    &[g.c, hp, wp],
+                    dtype,
+                )?;
+                let z = (pt.max(pb) * wp).max(g.h * pl.max(pr)).max(1);
+                let zeros = held.tile(kb, &[g.c, z], dtype)?;
+                kb.memset(Engine::GpSimd, &zeros, 0.0)?;
+                Some((ws, zeros))
+            } else {
+                None
+            };
+            if let Some(b) = bias {
+                let tile = held.tile(kb, &[p, plan.pack.blocks.len()], DType::F32)?;
+                for (i, blk) in plan.pack.blocks.iter().enumerate() {
+                    let col = tile.part(0..blk.m.len()).cols(i..i + 1);
+                    kb.dma(&col, b.view().slice(0, blk.m.clone()).reshape(&[blk.m.len(), 1]))?;
                 }
+                t.bias = Some(tile);
             }
-            let mut used: Vec<usize> =
-                plan.pack.blocks[set.clone()].iter().flat_map(|b| b.parts.iter().map(|p| p.chunk)).collect();
-            used.sort_unstable();
-            used.dedup();
-            let mut padded_image = None;
-            for (n, rows, cols) in &items[range.clone()] {
-                if plan.fold > 1 {
-                    let src = match &pad_ws {
-                        Some((ws, zeros)) => {
-                            if padded_image != Some(*n) {
-                                pad_image(kb, g, x, ws, zeros, *n)?;
-                                padded_image = Some(*n);
+            for set in &plan.sets {
+                // Weights of the set, each (block, chunk) slice at its own columns.
+                let wt = held.next(t.weights)?;
+                let mut col = 0;
+                let mut wcols: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+                for bi in set.clone() {
+                    let blk = &plan.pack.blocks[bi];
+                    for (pi, part) in blk.parts.iter().enumerate() {
+                        let k = plan.pack.chunks[part.chunk].len();
+                        let mo = blk.m.len();
+                        let n = taps * mo;
+                        let slice = wflat.slice(0, part.offset..part.offset + k * n);
+                        if plan.fold > 1 {
+                            // Partition f·k + c holds tap g·fold + f of channel c, group g at columns g·mo.
+                            let per_tap = slice.reshape(&[k, taps, mo]);
+                            for f in 0..plan.fold {
+                                let gf = (taps - f).div_ceil(plan.fold);
+                                let dst = wt.part(f * k..(f + 1) * k).cols(col..col + gf * mo).reshape_free(&[gf, mo]);
+                                kb.dma_on(weight_queue(&chip, f), dst, per_tap.slice_step(1, f..taps, plan.fold))?;
                             }
-                            Padded {
-                                src: ws.clone(),
-                                base: 0,
-                                hp: g.h + win.pads[0] + win.pads[2],
-                                wp: g.w + win.pads[1] + win.pads[3],
-                            }
+                        } else {
+                            kb.dma_on(
+                                weight_queue(&chip, pi),
+                                wt.part(0..k).cols(col..col + n),
+                                slice.reshape(&[k, n]),
+                            )?;
                         }
-                        None => Padded { src: x.clone(), base: n * g.c * g.h * g.w, hp: g.h, wp: g.w },
-                    };
-                    let groups = load_folded(kb, &mut t.bands, &plan, &src, rows, cols)?;
+                        wcols.insert((bi, pi), col);
+                        col += n;
+                    }
+                }
+                let mut used: Vec<usize> =
+                    plan.pack.blocks[set.clone()].iter().flat_map(|b| b.parts.iter().map(|p| p.chunk)).collect();
+                used.sort_unstable();
+                used.dedup();
+                let mut padded_image = None;
+                for (n, rows, cols) in &items[range.clone()] {
+                    if plan.fold > 1 {
+                        let src = match &pad_ws {
+                            Some((ws, zeros)) => {
+                                if padded_image != Some(*n) {
+                                    pad_image(kb, g, x, ws, zeros, *n)?;
+                                    padded_image = Some(*n);
+                                }
+                                Padded {
+                                    src: ws.clone(),
+                                    base: 0,
+                                    hp: g.h + win.pads[0] + win.pads[2],
+                                    wp: g.w + win.pads[1] + win.pads[3],
+                                }
+                            }
+                            None => Padded { src: x.clone(), base: n * g.c * g.h * g.w, hp: g.h, wp: g.w },
+                        };
+                        let groups = load_folded(kb, held, t.bands, &plan, &src, rows, cols)?;
+                        for bi in set.clone() {
+                            let blk = &plan.pack.blocks[bi];
+                            let mo = blk.m.len();
+                            let ps = held.next(t.psum)?.part(0..mo).cols(0..rows.len() * cols.len());
+                            let c0 = wcols.get(&(bi, 0)).copied().unwrap_or(0);
+                            for (gi, moving) in groups.iter().enumerate() {
+                                let stationary = wt.part(0..moving.shape()[0]).cols(c0 + gi * mo..c0 + (gi + 1) * mo);
+                                kb.matmul(&ps, &stationary, moving, gi == 0, gi + 1 == groups.len())?;
+                            }
+                            epilogue_store(kb, held, &t, &ep, (y, res), (*n, rows, cols), blk, bi, &ps)?;
+                        }
+                        continue;
+                    }
+                    let band = win.band(rows, cols);
+                    let (bh, bw) = (band.rows.1, band.cols.1);
+                    // Load the band of every chunk the set reads.
+                    let mut views: BTreeMap<usize, View> = BTreeMap::new();
+                    for &ci in &used {
+                        let ch = plan.pack.chunks[ci].clone();
+                        let v = held.next(t.bands)?.part(0..ch.len()).cols(0..bh * bw).reshape_free(&[bh, bw]);
+                        load_band(kb, &v, &x.view().at(0, *n).slice(0, ch), &band, (g.h, g.w), 0.0)?;
+                        views.insert(ci, v);
+                    }
                     for bi in set.clone() {
                         let blk = &plan.pack.blocks[bi];
                         let mo = blk.m.len();
-                        let ps = t.psum.next().part(0..mo).cols(0..rows.len() * cols.len());
-                        let c0 = wcols.get(&(bi, 0)).copied().unwrap_or(0);
-                        for (gi, moving) in groups.iter().enumerate() {
-                            let stationary = wt.part(0..moving.shape()[0]).cols(c0 + gi * mo..c0 + (gi + 1) * mo);
-                            kb.matmul(&ps, &stationary, moving, gi == 0, gi + 1 == groups.len())?;
-                        }
-                        epilogue_store(kb, &mut t, &ep, (y, res), (*n, rows, cols), blk, bi, &ps)?;
-                    }
-                    continue;
-                }
-                let band = win.band(rows, cols);
-                let (bh, bw) = (band.rows.1, band.cols.1);
-                // Load the band of every chunk the set reads.
-                let mut views: BTreeMap<usize, View> = BTreeMap::new();
-                for &ci in &used {
-                    let ch = plan.pack.chunks[ci].clone();
-                    let v = t.bands.next().part(0..ch.len()).cols(0..bh * bw).reshape_free(&[bh, bw]);
-                    load_band(kb, &v, &x.view().at(0, *n).slice(0, ch), &band, (g.h, g.w), 0.0)?;
-                    views.insert(ci, v);
-                }
-                for bi in set.clone() {
-                    let blk = &plan.pack.blocks[bi];
-                    let mo = blk.m.len();
-                    let npos = rows.len() * cols.len();
-                    let ps = t.psum.next().part(0..mo).cols(0..npos);
-                    let last = blk.parts.len() * taps - 1;
-                    let mut step = 0;
-                    for (pi, part) in blk.parts.iter().enumerate() {
-                        let k = plan.pack.chunks[part.chunk].len();
-                        let band_v = views.get(&part.chunk).ok_or_else(|| kernel_err(NAME, "band not loaded"))?;
-                        let c0 = wcols.get(&(bi, pi)).copied().unwrap_or(0);
-                        for i in 0..win.kernel[0] {
-                            for j in 0..win.kernel[1] {
-                                let tap = i * win.kernel[1] + j;
-                                let r0 = i * win.dilation[0];
-                                let q0 = j * win.dilation[1];
-                                let moving = band_v
-                                    .slice_step(1, r0..r0 + (rows.len() - 1) * win.stride[0] + 1, win.stride[0])
-                                    .slice_step(2, q0..q0 + (cols.len() - 1) * win.stride[1] + 1, win.stride[1]);
-                                let stationary = wt.part(0..k).cols(c0 + tap * mo..c0 + (tap + 1) * mo);
-                                kb.matmul(&ps, &stationary, &moving, step == 0, step == last)?;
-                                step += 1;
+                        let npos = rows.len() * cols.len();
+                        let ps = held.next(t.psum)?.part(0..mo).cols(0..npos);
+                        let last = blk.parts.len() * taps - 1;
+                        let mut step = 0;
+                        for (pi, part) in blk.parts.iter().enumerate() {
+                            let k = plan.pack.chunks[part.chunk].len();
+                            let band_v = views.get(&part.chunk).ok_or_else(|| kernel_err(NAME, "band not loaded"))?;
+                            let c0 = wcols.get(&(bi, pi)).copied().unwrap_or(0);
+                            for i in 0..win.kernel[0] {
+                                for j in 0..win.kernel[1] {
+                                    let tap = i * win.kernel[1] + j;
+                                    let r0 = i * win.dilation[0];
+                                    let q0 = j * win.dilation[1];
+                                    let moving = band_v
+                                        .slice_step(1, r0..r0 + (rows.len() - 1) * win.stride[0] + 1, win.stride[0])
+                                        .slice_step(2, q0..q0 + (cols.len() - 1) * win.stride[1] + 1, win.stride[1]);
+                                    let stationary = wt.part(0..k).cols(c0 + tap * mo..c0 + (tap + 1) * mo);
+                                    kb.matmul(&ps, &stationary, &moving, step == 0, step == last)?;
+                                    step += 1;
+                                }
                             }
                         }
+                        epilogue_store(kb, held, &t, &ep, (y, res), (*n, rows, cols), blk, bi, &ps)?;
                     }
-                    epilogue_store(kb, &mut t, &ep, (y, res), (*n, rows, cols), blk, bi, &ps)?;
                 }
             }
         }
-        for pool in [Some(t.weights), Some(t.bands), Some(t.psum), Some(t.out), t.res].into_iter().flatten() {
-            allocs.keep_pool(pool);
-        }
-    }
-    allocs.free(kb)?;
-    kb.core(home)?;
+        Ok(())
+    })?;
     let (oh, ow) = (plan.oh, plan.ow);
     let flops = 2 * (g.n * g.m * oh * ow * g.c_per_group() * taps) as u64;
     let mut elements = g.n * g.c * g.h * g.w + plan.pack.len + g.n * g.m * oh * ow;
@@ -561,7 +597,8 @@ fn emit(kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost
 #[allow(clippy::too_many_arguments)]
 fn epilogue_store(
     kb: &mut KernelBuilder,
-    t: &mut Tiles,
+    held: &mut Held,
+    t: &Tiles,
     ep: &Epilogue,
     (y, res): (&crate::builder::HbmTensor, Option<&crate::builder::HbmTensor>),
     (n, rows, cols): (usize, &Range<usize>, &Range<usize>),
@@ -572,12 +609,12 @@ fn epilogue_store(
     let mo = blk.m.len();
     let npos = rows.len() * cols.len();
     let at = |v: View| v.at(0, n).slice(0, blk.m.clone()).slice(1, rows.clone()).slice(2, cols.clone());
-    if let (Some(r), Some(pool)) = (res, t.res.as_mut()) {
-        let rt = pool.next().part(0..mo).cols(0..npos);
+    if let (Some(r), Some(pool)) = (res, t.res) {
+        let rt = held.next(pool)?.part(0..mo).cols(0..npos);
         kb.dma(&rt, at(r.view()))?;
         kb.tensor_tensor(Engine::Vector, AluOp::Add, ps, ps, &rt)?;
     }
-    let out = t.out.next().part(0..mo).cols(0..npos);
+    let out = held.next(t.out)?.part(0..mo).cols(0..npos);
     let bias_col = t.bias.as_ref().map(|b| b.part(0..mo).cols(bi..bi + 1));
     kb.activation(ep.act, &out, ps, 1.0, bias_col.as_ref().map(|v| v as _), None)?;
     if let Some((lo, hi)) = ep.clip {
@@ -636,7 +673,8 @@ fn pad_image(
 /// column offsets, then channels, rows and a contiguous run of columns.
 fn load_folded(
     kb: &mut KernelBuilder,
-    pool: &mut crate::builder::TilePool,
+    held: &mut Held,
+    pool: usize,
     plan: &Plan,
     src: &Padded,
     rows: &Range<usize>,
@@ -653,7 +691,7 @@ fn load_folded(
     let mut out = Vec::new();
     for g0 in (0..taps).step_by(plan.fold) {
         let nf = plan.fold.min(taps - g0);
-        let tile = pool.next().part(0..nf * c).cols(0..nr * bw).reshape_free(&[nr, bw]);
+        let tile = held.next(pool)?.part(0..nf * c).cols(0..nr * bw).reshape_free(&[nr, bw]);
         let mut t = g0;
         while t < g0 + nf {
             // The taps of kernel row i from t to the group's end or the row's end.

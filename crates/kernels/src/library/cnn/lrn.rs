@@ -3,13 +3,13 @@
 use std::ops::Range;
 
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::{ActFn, AluOp, Engine, TensorKind};
+use trainyard_isa::{ActFn, AluOp, Engine, Space, TensorKind};
 
-use super::kernel_err;
+use super::{kernel_err, with_held};
 use crate::builder::KernelBuilder;
 use crate::error::BuildError;
 use crate::insts::Stage;
-use crate::library::elementwise::common::{bound, check_emit, chunks, input, output, sig, split, Allocs};
+use crate::library::elementwise::common::{bound, check_emit, chunks, input, output, sig, split};
 use crate::library::{standalone, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig, Tolerance};
 use crate::view::View;
 
@@ -102,69 +102,64 @@ fn emit(kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost
     let (mid, half) = ((hi as f32 - lo as f32) / 2.0, (hi + lo) as f32 / 2.0);
     let items: Vec<(usize, Range<usize>)> =
         (0..a.n).flat_map(|n| chunks(a.s, BANK).into_iter().map(move |r| (n, r))).collect();
-    let home = kb.current_core();
-    let mut allocs = Allocs::default();
-    for (core, range) in split(items.len(), args.cores as usize, 1).into_iter().enumerate() {
-        kb.core(core as u16)?;
-        // The band matrices and the bias column.
-        let idx = kb.sbuf_tile(&[p, p], DType::I32)?;
-        let mut masks: Vec<View> = Vec::with_capacity(links.len());
-        for &(i, o) in &links {
-            let (ib, ob) = (&cblocks[i], &cblocks[o]);
-            let m = allocs.sbuf(kb, &[p, p], DType::F32)?.part(0..ib.len()).cols(0..ob.len());
-            let iv = idx.part(0..ib.len()).cols(0..ob.len());
-            // idx[c', c] = c' − c over the blocks' global channels.
-            kb.iota(&iv, ib.start as i32 - ob.start as i32, 1, &[-1])?;
-            kb.tensor_scalar(
-                Engine::Vector,
-                &m,
-                &iv,
-                Stage::new(AluOp::Sub, mid),
-                Some(Stage::new(AluOp::AbsMax, 0.0)),
-            )?;
-            kb.tensor_scalar(Engine::Vector, &m, &m, Stage::new(AluOp::Le, half), None)?;
-            masks.push(m);
-        }
-        kb.free(idx)?;
-        let bias = allocs.sbuf(kb, &[p, 1], DType::F32)?;
-        kb.memset(Engine::Vector, &bias, a.bias)?;
-        let mut xs = kb.sbuf_pool(&[p, BANK], DType::F32, 2 * nb)?;
-        let mut sqs = kb.sbuf_pool(&[p, BANK], DType::F32, 2 * nb)?;
-        let mut ps = kb.psum_pool(&[p, BANK], DType::F32, 2)?;
-        let mut outs = kb.sbuf_pool(&[p, BANK], DType::F32, 3)?;
-        for (n, cols) in &items[range] {
-            let w = cols.len();
-            let mut xt = Vec::with_capacity(nb);
-            let mut sq = Vec::with_capacity(nb);
-            for cb in &cblocks {
-                let t = xs.next().part(0..cb.len()).cols(0..w);
-                kb.dma(&t, x.view().at(0, *n).slice(0, cb.clone()).slice(1, cols.clone()))?;
-                let s = sqs.next().part(0..cb.len()).cols(0..w);
-                kb.activation(ActFn::Square, &s, &t, 1.0, None, None)?;
-                xt.push(t);
-                sq.push(s);
+    with_held(kb, |kb, held| {
+        for (core, range) in split(items.len(), args.cores as usize, 1).into_iter().enumerate() {
+            kb.core(core as u16)?;
+            // The band matrices and the bias column.
+            let idx = held.tile(kb, &[p, p], DType::I32)?;
+            let mut masks: Vec<View> = Vec::with_capacity(links.len());
+            for &(i, o) in &links {
+                let (ib, ob) = (&cblocks[i], &cblocks[o]);
+                let m = held.tile(kb, &[p, p], DType::F32)?.part(0..ib.len()).cols(0..ob.len());
+                let iv = idx.part(0..ib.len()).cols(0..ob.len());
+                // idx[c', c] = c' − c over the blocks' global channels.
+                kb.iota(&iv, ib.start as i32 - ob.start as i32, 1, &[-1])?;
+                kb.tensor_scalar(
+                    Engine::Vector,
+                    &m,
+                    &iv,
+                    Stage::new(AluOp::Sub, mid),
+                    Some(Stage::new(AluOp::AbsMax, 0.0)),
+                )?;
+                kb.tensor_scalar(Engine::Vector, &m, &m, Stage::new(AluOp::Le, half), None)?;
+                masks.push(m);
             }
-            for (o, ob) in cblocks.iter().enumerate() {
-                let acc = ps.next().part(0..ob.len()).cols(0..w);
-                let ins: Vec<(usize, &View)> =
-                    links.iter().zip(&masks).filter(|((_, oo), _)| *oo == o).map(|((i, _), m)| (*i, m)).collect();
-                for (k, (i, m)) in ins.iter().enumerate() {
-                    kb.matmul(&acc, *m, &sq[*i], k == 0, k + 1 == ins.len())?;
+            let bias = held.tile(kb, &[p, 1], DType::F32)?;
+            kb.memset(Engine::Vector, &bias, a.bias)?;
+            let xs = held.pool(kb, Space::Sbuf, &[p, BANK], DType::F32, 2 * nb)?;
+            let sqs = held.pool(kb, Space::Sbuf, &[p, BANK], DType::F32, 2 * nb)?;
+            let ps = held.pool(kb, Space::Psum, &[p, BANK], DType::F32, 2)?;
+            let outs = held.pool(kb, Space::Sbuf, &[p, BANK], DType::F32, 3)?;
+            for (n, cols) in &items[range] {
+                let w = cols.len();
+                let mut xt = Vec::with_capacity(nb);
+                let mut sq = Vec::with_capacity(nb);
+                for cb in &cblocks {
+                    let t = held.next(xs)?.part(0..cb.len()).cols(0..w);
+                    kb.dma(&t, x.view().at(0, *n).slice(0, cb.clone()).slice(1, cols.clone()))?;
+                    let s = held.next(sqs)?.part(0..cb.len()).cols(0..w);
+                    kb.activation(ActFn::Square, &s, &t, 1.0, None, None)?;
+                    xt.push(t);
+                    sq.push(s);
                 }
-                let t = outs.next().part(0..ob.len()).cols(0..w);
-                let scale = (a.alpha / a.size as f64) as f32;
-                kb.activation(ActFn::Log, &t, &acc, scale, Some(&bias.part(0..ob.len())), None)?;
-                kb.activation(ActFn::Exp, &t, &t, -(a.beta as f32), None, None)?;
-                kb.tensor_tensor(Engine::Vector, AluOp::Mul, &t, &t, &xt[o])?;
-                kb.dma(y.view().at(0, *n).slice(0, ob.clone()).slice(1, cols.clone()), &t)?;
+                for (o, ob) in cblocks.iter().enumerate() {
+                    let acc = held.next(ps)?.part(0..ob.len()).cols(0..w);
+                    let ins: Vec<(usize, &View)> =
+                        links.iter().zip(&masks).filter(|((_, oo), _)| *oo == o).map(|((i, _), m)| (*i, m)).collect();
+                    for (k, (i, m)) in ins.iter().enumerate() {
+                        kb.matmul(&acc, *m, &sq[*i], k == 0, k + 1 == ins.len())?;
+                    }
+                    let t = held.next(outs)?.part(0..ob.len()).cols(0..w);
+                    let scale = (a.alpha / a.size as f64) as f32;
+                    kb.activation(ActFn::Log, &t, &acc, scale, Some(&bias.part(0..ob.len())), None)?;
+                    kb.activation(ActFn::Exp, &t, &t, -(a.beta as f32), None, None)?;
+                    kb.tensor_tensor(Engine::Vector, AluOp::Mul, &t, &t, &xt[o])?;
+                    kb.dma(y.view().at(0, *n).slice(0, ob.clone()).slice(1, cols.clone()), &t)?;
+                }
             }
         }
-        for pool in [xs, sqs, ps, outs] {
-            allocs.keep_pool(pool);
-        }
-    }
-    allocs.free(kb)?;
-    kb.core(home)?;
+        Ok(())
+    })?;
     let elements = (a.n * a.c * a.s) as u64;
     Ok(Cost {
         flops: elements * (2 * a.size as u64 + 4),

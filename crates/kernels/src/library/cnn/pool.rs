@@ -6,11 +6,11 @@ use trainyard_arch::{ChipSpec, DType};
 use trainyard_isa::{AluOp, Ap, Dim, Engine, Space, TensorKind};
 
 use super::conv::load_band;
-use super::{kernel_err, list_opt, Window2d};
+use super::{kernel_err, list_opt, with_held, Window2d};
 use crate::builder::KernelBuilder;
 use crate::error::BuildError;
 use crate::insts::Stage;
-use crate::library::elementwise::common::{bound, check_emit, chunks, input, output, sig, split, Allocs};
+use crate::library::elementwise::common::{bound, check_emit, chunks, input, output, sig, split};
 use crate::library::{standalone, Bindings, Built, Cost, HostTensors, Kernel, KernelArgs, TensorSig};
 use crate::view::View;
 
@@ -124,59 +124,54 @@ fn emit(kb: &mut KernelBuilder, args: &KernelArgs, io: &Bindings) -> Result<Cost
     }
     let band_max = a.window.band(&(0..r), &(0..q)).elements();
     let taps = (a.window.kernel[0] * a.window.kernel[1]) as f32;
-    let home = kb.current_core();
-    let mut allocs = Allocs::default();
-    for (core, range) in split(items.len(), args.cores as usize, 1).into_iter().enumerate() {
-        kb.core(core as u16)?;
-        let mut bands = kb.sbuf_pool(&[p, band_max], DType::F32, 3)?;
-        let mut outs = kb.sbuf_pool(&[p, r * q], DType::F32, 3)?;
-        let mut counts = if a.max { None } else { Some(kb.sbuf_pool(&[p, band_max + r * q], DType::F32, 2)?) };
-        for (pl, rows, cols) in &items[range] {
-            let band = a.window.band(rows, cols);
-            let (bh, bw) = (band.rows.1, band.cols.1);
-            let np = pl.len();
-            let v = bands.next().part(0..np).cols(0..bh * bw).reshape_free(&[bh, bw]);
-            let fill = if a.max { f64::NEG_INFINITY } else { 0.0 };
-            load_band(kb, &v, &x3.slice(0, pl.clone()), &band, (a.h, a.w), fill)?;
-            let npos = rows.len() * cols.len();
-            let out = outs.next().part(0..np).cols(0..npos);
-            let op = if a.max { AluOp::Max } else { AluOp::Add };
-            kb.tensor_reduce(Engine::Vector, op, &out, windows(&v, &a, bw, rows.len(), cols.len())?, 2, false)?;
-            if let Some(pool) = counts.as_mut() {
-                let (cr, cc) =
-                    if a.include_pad { band.padded(a.h, a.w, &a.window.pads) } else { band.inside(a.h, a.w) };
-                if cr.len() == bh && cc.len() == bw {
-                    kb.tensor_scalar(Engine::Vector, &out, &out, Stage::new(AluOp::Mul, 1.0 / taps), None)?;
-                } else {
-                    let t = pool.next().part(0..np);
-                    let ones = t.cols(0..bh * bw).reshape_free(&[bh, bw]);
-                    let cnt = t.cols(band_max..band_max + npos);
-                    kb.memset(Engine::GpSimd, &ones, 0.0)?;
-                    if !cr.is_empty() && !cc.is_empty() {
-                        kb.memset(Engine::GpSimd, ones.slice(1, cr).slice(2, cc), 1.0)?;
+    with_held(kb, |kb, held| {
+        for (core, range) in split(items.len(), args.cores as usize, 1).into_iter().enumerate() {
+            kb.core(core as u16)?;
+            let bands = held.pool(kb, Space::Sbuf, &[p, band_max], DType::F32, 3)?;
+            let outs = held.pool(kb, Space::Sbuf, &[p, r * q], DType::F32, 3)?;
+            let counts =
+                if a.max { None } else { Some(held.pool(kb, Space::Sbuf, &[p, band_max + r * q], DType::F32, 2)?) };
+            for (pl, rows, cols) in &items[range] {
+                let band = a.window.band(rows, cols);
+                let (bh, bw) = (band.rows.1, band.cols.1);
+                let np = pl.len();
+                let v = held.next(bands)?.part(0..np).cols(0..bh * bw).reshape_free(&[bh, bw]);
+                let fill = if a.max { f64::NEG_INFINITY } else { 0.0 };
+                load_band(kb, &v, &x3.slice(0, pl.clone()), &band, (a.h, a.w), fill)?;
+                let npos = rows.len() * cols.len();
+                let out = held.next(outs)?.part(0..np).cols(0..npos);
+                let op = if a.max { AluOp::Max } else { AluOp::Add };
+                kb.tensor_reduce(Engine::Vector, op, &out, windows(&v, &a, bw, rows.len(), cols.len())?, 2, false)?;
+                if let Some(pool) = counts {
+                    let (cr, cc) =
+                        if a.include_pad { band.padded(a.h, a.w, &a.window.pads) } else { band.inside(a.h, a.w) };
+                    if cr.len() == bh && cc.len() == bw {
+                        kb.tensor_scalar(Engine::Vector, &out, &out, Stage::new(AluOp::Mul, 1.0 / taps), None)?;
+                    } else {
+                        let t = held.next(pool)?.part(0..np);
+                        let ones = t.cols(0..bh * bw).reshape_free(&[bh, bw]);
+                        let cnt = t.cols(band_max..band_max + npos);
+                        kb.memset(Engine::GpSimd, &ones, 0.0)?;
+                        if !cr.is_empty() && !cc.is_empty() {
+                            kb.memset(Engine::GpSimd, ones.slice(1, cr).slice(2, cc), 1.0)?;
+                        }
+                        kb.tensor_reduce(
+                            Engine::Vector,
+                            AluOp::Add,
+                            &cnt,
+                            windows(&ones, &a, bw, rows.len(), cols.len())?,
+                            2,
+                            false,
+                        )?;
+                        kb.tensor_scalar(Engine::Vector, &cnt, &cnt, Stage::new(AluOp::Max, 1.0), None)?;
+                        kb.tensor_tensor(Engine::Vector, AluOp::Div, &out, &out, &cnt)?;
                     }
-                    kb.tensor_reduce(
-                        Engine::Vector,
-                        AluOp::Add,
-                        &cnt,
-                        windows(&ones, &a, bw, rows.len(), cols.len())?,
-                        2,
-                        false,
-                    )?;
-                    kb.tensor_scalar(Engine::Vector, &cnt, &cnt, Stage::new(AluOp::Max, 1.0), None)?;
-                    kb.tensor_tensor(Engine::Vector, AluOp::Div, &out, &out, &cnt)?;
                 }
+                kb.dma(y3.slice(0, pl.clone()).slice(1, rows.clone()).slice(2, cols.clone()), &out)?;
             }
-            kb.dma(y3.slice(0, pl.clone()).slice(1, rows.clone()).slice(2, cols.clone()), &out)?;
         }
-        allocs.keep_pool(bands);
-        allocs.keep_pool(outs);
-        if let Some(c) = counts {
-            allocs.keep_pool(c);
-        }
-    }
-    allocs.free(kb)?;
-    kb.core(home)?;
+        Ok(())
+    })?;
     let outputs = (planes * a.oh * a.ow) as u64;
     let es = args.dtype.size() as u64;
     Ok(Cost { flops: outputs * taps as u64, bytes_hbm: ((planes * a.h * a.w) as u64 + outputs) * es, peak_dtype: None })

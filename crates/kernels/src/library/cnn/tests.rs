@@ -233,3 +233,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_failed_emit_gives_back_what_it_allocated() {
+    let chip = ChipSpec::by_name("trn2").unwrap();
+    // SBUF left to each kernel: its first tiles fit, a later pool does not.
+    let cases: Vec<(Box<dyn Kernel>, KernelArgs, u64)> = vec![
+        (Box::new(Conv2d), conv([1, 64, 20, 20, 64, 3, 3], DType::F32).with("pad", "1,1,1,1"), 3000),
+        (Box::new(Pool2d), pool([1, 8, 20, 20], "avg", &[("kernel", "3,3"), ("pad", "1,1,1,1")]), 7000),
+        (Box::new(Lrn), KernelArgs::new(&[1, 16, 300], DType::F32), 2000),
+    ];
+    for (kernel, args, leave) in cases {
+        let mut kb = crate::builder::KernelBuilder::new("full", &chip);
+        let mut io = crate::library::Bindings::new();
+        for s in kernel.signature(&chip, &args).unwrap() {
+            let t = match s.kind {
+                trainyard_isa::TensorKind::Output => kb.hbm_output(&s.name, &s.shape, s.dtype),
+                _ => kb.hbm_input(&s.name, &s.shape, s.dtype),
+            };
+            io.insert(s.name, t.unwrap());
+        }
+        let held = kb.sbuf_free_bytes() - leave;
+        let hold = kb.sbuf_tile(&[128, held as usize], DType::U8).unwrap();
+        let before = (kb.sbuf_free_bytes(), kb.psum_free_bytes());
+        match kernel.emit(&mut kb, &args, &io) {
+            Err(crate::BuildError::OutOfSbuf { .. }) => {}
+            other => panic!("{}: {:?}", kernel.name(), other.map(|_| ())),
+        }
+        assert_eq!((kb.sbuf_free_bytes(), kb.psum_free_bytes()), before, "{}", kernel.name());
+        kb.free(hold).unwrap();
+        kernel.emit(&mut kb, &args, &io).unwrap();
+    }
+}
