@@ -106,9 +106,9 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
     detach_outputs(&mut g);
     let steps = plan::plan(&mut g, opts.dtype)?;
     let mut steps = drop_empty(&g, steps)?;
-    let homes = resolve_aliases(&g, &mut steps);
     let dev = |v: ValueId| io::device_dtype(g.value(v).ty.dtype, opts.dtype);
     let bytes_of = |v: ValueId| (device_shape(&g.value(v).ty.shape).iter().product::<usize>() * dev(v).size()) as u64;
+    let homes = resolve_aliases(&g, &mut steps, bytes_of);
 
     // Liveness of the arena classes and of every step's scratch.
     let mut lives: Vec<hbm::Live> = Vec::new();
@@ -246,7 +246,11 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
                 message: format!("value `{}` has no device tensor", g.value(v).name),
             })
         })?;
-        t.reshaped(&device_shape(&g.value(v).ty.shape)).map_err(LowerError::from)
+        let at = homes.offset(v);
+        if at == 0 && t.bytes() == bytes_of(v) {
+            return t.reshaped(&device_shape(&g.value(v).ty.shape)).map_err(LowerError::from);
+        }
+        t.region(&g.value(v).name, at, &device_shape(&g.value(v).ty.shape), dev(v)).map_err(LowerError::from)
     };
 
     // Cores: data-parallel when every step that reads the batch can be split by it.

@@ -109,6 +109,8 @@ pub(super) fn detach_outputs(g: &mut Graph) {
 /// Classes of values sharing bytes (aliases), and where each class lives.
 pub(super) struct Homes {
     parent: Vec<ValueId>,
+    /// Byte offset of each value within its parent.
+    offset: Vec<u64>,
     home: HashMap<ValueId, Home>,
 }
 
@@ -120,6 +122,16 @@ impl Homes {
         v
     }
 
+    /// Byte offset of `v` within its class's root.
+    pub(super) fn offset(&self, mut v: ValueId) -> u64 {
+        let mut at = 0;
+        while self.parent[v.0 as usize] != v {
+            at += self.offset[v.0 as usize];
+            v = self.parent[v.0 as usize];
+        }
+        at
+    }
+
     pub(super) fn home(&self, root: ValueId) -> &Home {
         self.home.get(&root).unwrap_or(&Home::Arena)
     }
@@ -127,9 +139,16 @@ impl Homes {
 
 /// Joins alias steps' outputs to their inputs' classes, turning an alias into a copy
 /// where the class would hold two graph tensors (an input or weight and an output, or
-/// two outputs).
-pub(super) fn resolve_aliases(g: &Graph, steps: &mut [Step]) -> Homes {
-    let mut h = Homes { parent: (0..g.values.len() as u32).map(ValueId).collect(), home: HashMap::new() };
+/// two outputs). Concatenations whose pieces are contiguous in the output (all axes
+/// before the concatenated one of length 1) place each piece that is an intermediate of
+/// its own in the output's bytes, so its producer writes it there and the concatenation
+/// copies nothing for it.
+pub(super) fn resolve_aliases(g: &Graph, steps: &mut [Step], bytes: impl Fn(ValueId) -> u64) -> Homes {
+    let mut h = Homes {
+        parent: (0..g.values.len() as u32).map(ValueId).collect(),
+        offset: vec![0; g.values.len()],
+        home: HashMap::new(),
+    };
     for &v in &g.inputs {
         h.home.insert(v, Home::Input(v));
     }
@@ -142,18 +161,41 @@ pub(super) fn resolve_aliases(g: &Graph, steps: &mut [Step]) -> Homes {
         h.home.entry(v).or_insert(Home::Output(i));
     }
     for s in steps.iter_mut() {
-        if !matches!(s.kind, StepKind::Alias) {
+        let (Some(&x), Some(&y)) = (s.inputs.first(), s.outputs.first()) else { continue };
+        let concat = match &s.kind {
+            StepKind::Alias => None,
+            StepKind::Emit(e) => match e.concat_axis() {
+                Some(axis) => Some(axis),
+                None => continue,
+            },
+        };
+        if let Some(axis) = concat {
+            let contiguous = g.value(y).ty.shape[..axis].iter().all(|&d| d == 1);
+            if !contiguous {
+                continue;
+            }
+            let mut at = 0;
+            for &xi in &s.inputs {
+                let rx = h.root(xi);
+                let whole = h.offset(xi) == 0 && bytes(rx) == bytes(xi);
+                if whole && h.home(rx) == &Home::Arena && rx != h.root(y) {
+                    h.parent[rx.0 as usize] = y;
+                    h.offset[rx.0 as usize] = at;
+                }
+                at += bytes(xi);
+            }
             continue;
         }
-        let (Some(&x), Some(&y)) = (s.inputs.first(), s.outputs.first()) else { continue };
         let rx = h.root(x);
         let pinned_x = h.home(rx) != &Home::Arena;
         let pinned_y = h.home(y) != &Home::Arena;
-        if pinned_x && pinned_y {
+        // A graph output holds its own bytes: it cannot be a piece of a larger class.
+        let whole_x = h.offset(x) == 0 && bytes(rx) == bytes(x);
+        if pinned_y && (pinned_x || !whole_x) {
             s.kind = StepKind::Emit(Box::new(Copy));
             continue;
         }
-        h.parent[y.0 as usize] = rx;
+        h.parent[y.0 as usize] = x;
         if let Some(home) = h.home.remove(&y) {
             h.home.insert(rx, home);
         }
