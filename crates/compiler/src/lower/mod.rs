@@ -1,4 +1,4 @@
-//! Lowering: a [`Graph`] to one device [`Program`] built from the kernel library.
+//! Lowering: a [`Graph`] to one device [`Program`](trainyard_isa::Program) built from the kernel library.
 //!
 //! [`compile`] runs the optimization passes ([`crate::passes::optimize`]: constant
 //! folding — every shape computation and every op on constants is done here, on the
@@ -10,13 +10,16 @@
 //!    LRN → `lrn`; softmax and norms → `softmax`, `layernorm`, `rmsnorm` (with
 //!    transposes when the axis is not the last); reductions → `reduce`; arg-max →
 //!    `argmax`; any elementwise function, chain, broadcast or cast → one tiled
-//!    elementwise routine; reshapes are free (aliases); concatenation, slicing,
-//!    padding, gathers and resizes are DMA access patterns. A node the device cannot
-//!    run is a [`LowerError::Unsupported`] naming it and its op type, at compile time.
+//!    elementwise routine; reshapes are free (aliases); slicing, padding, gathers and
+//!    resizes are DMA access patterns; a concatenation whose pieces are contiguous gets
+//!    them written in place by their producers. A node the device cannot run is a
+//!    [`LowerError::Unsupported`] naming it and its op type, at compile time.
 //! 2. **HBM plan.** Graph inputs, weights and graph outputs get their own tensors;
-//!    every intermediate (and every step's scratch) is a region of one arena, placed
-//!    by liveness ([`hbm::place`]). The peak HBM use is reported in [`HbmReport`];
-//!    above the chip's HBM it is [`LowerError::HbmOverflow`], naming the tensor.
+//!    values sharing bytes (reshapes, in-place concatenation pieces) form one buffer;
+//!    every other intermediate buffer (and every step's scratch) is a region of one
+//!    arena, placed by liveness ([`hbm::place`]). The peak HBM use is reported in
+//!    [`HbmReport`]; above the chip's HBM it is [`LowerError::HbmOverflow`], naming
+//!    the tensor.
 //! 3. **Cores.** With `cores > 1`, a model whose every step acts on each image of
 //!    the batch separately runs *data-parallel*: each core computes a slice of the
 //!    batch through the whole model (the steps are emitted once per core on batch
@@ -24,7 +27,8 @@
 //!    cores.
 //! 4. **Program.** Steps are emitted in order into one builder (dependencies follow
 //!    addresses, so arena reuse is ordered), each recorded as an [`OpSpan`] for
-//!    per-op time.
+//!    per-op time. Consecutive convolutions take alternate halves of the SBUF, so the
+//!    next one's weights load while this one computes.
 //!
 //! [`Compiled`] holds the program, how graph inputs and outputs map to program
 //! tensors ([`IoTensor`], converted by [`io`]), the weight values to bind, the spans
