@@ -315,3 +315,50 @@ fn ppocr_models_on_the_device() {
         std::fs::remove_dir_all(&out).unwrap();
     }
 }
+
+/// Data-parallel scaling figures (printed, not asserted): a residual block (two 3×3
+/// 64→64 convolutions, a residual add, a 1×1 stride-2 64→128 convolution, a global
+/// pool) at batch 16, 56×56, f32, timed-only, on 1 to 8 cores.
+#[test]
+#[ignore = "a benchmark: prints figures (cargo test -p trainyard-cli --test onnx_device_cli -- --ignored --nocapture)"]
+fn data_parallel_scaling_figures() {
+    let n = 16i64;
+    let t = |shape: Vec<usize>, seed: u64| {
+        let len: usize = shape.iter().product();
+        let v: Vec<f32> =
+            (0..len).map(|i| (((i as u64 * 2654435761 + seed) % 1000) as f32 / 1000.0 - 0.5) * 0.1).collect();
+        Tensor::from_f32(shape, &v).unwrap()
+    };
+    let m = ModelBuilder::new(17)
+        .input("x", DataType::F32, &[n, 64, 56, 56])
+        .initializer("w1", &t(vec![64, 64, 3, 3], 1))
+        .initializer("w2", &t(vec![64, 64, 3, 3], 2))
+        .initializer("w3", &t(vec![128, 64, 1, 1], 3))
+        .node("Conv", "c1", &["x", "w1"], &["a"], vec![attr_ints("pads", &[1, 1, 1, 1])])
+        .node("Relu", "r1", &["a"], &["b"], vec![])
+        .node("Conv", "c2", &["b", "w2"], &["c"], vec![attr_ints("pads", &[1, 1, 1, 1])])
+        .node("Add", "res", &["c", "x"], &["d"], vec![])
+        .node("Relu", "r2", &["d"], &["e"], vec![])
+        .node("Conv", "c3", &["e", "w3"], &["f"], vec![attr_ints("strides", &[2, 2])])
+        .node("GlobalAveragePool", "gap", &["f"], &["y"], vec![])
+        .output("y", DataType::F32, &[n, 128, 1, 1]);
+    let dir = scratch("dp");
+    let model = dir.join("block.onnx");
+    std::fs::write(&model, m.encode()).unwrap();
+    for (chip, cores) in [("trn1", &["1", "2"][..]), ("trn2", &["1", "2", "4", "8"][..])] {
+        for c in cores {
+            let o = bin()
+                .args(["run", model.to_str().unwrap(), "--chip", chip, "--cores", c, "--timed-only", "--json"])
+                .output()
+                .unwrap();
+            let v = json(&o);
+            println!(
+                "{chip}, {c} core(s): {:.1} us, {:.2} TFLOPS, {}",
+                v["total_ns"].as_f64().unwrap() / 1e3,
+                v["achieved_tflops"].as_f64().unwrap(),
+                v["parallelism"]
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

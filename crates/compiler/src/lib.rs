@@ -3,7 +3,9 @@
 //! [`onnx`] imports ONNX models into the [`graph`] IR (static shapes and types, shape
 //! inference), [`interp`] runs a graph on the host (the reference for every device
 //! test) and [`passes`] folds constants, removes dead code, fuses elementwise chains
-//! and MatMul+Add(+activation) and chooses partition-axis layouts.
+//! and MatMul+Add(+activation) and chooses partition-axis layouts. [`lower`] compiles a
+//! graph into one device program of kernel-library calls (HBM planned by liveness,
+//! data-parallel over cores, per-op spans).
 //!
 //! [`llm`] holds Hugging Face `config.json` import for the Llama, Mistral, Mixtral
 //! and Qwen2/Qwen3 families, parameter / FLOP / KV-cache accounting, a per-core memory

@@ -80,6 +80,11 @@ pub trait Emitter {
     fn half_sbuf(&self) -> bool {
         false
     }
+    /// The axis of a concatenation (its inputs may be placed in its output's bytes,
+    /// where it then need not copy them).
+    fn concat_axis(&self) -> Option<usize> {
+        None
+    }
     /// Whether inputs without elements may be left out of the step (a concatenation).
     fn skips_empty_inputs(&self) -> bool {
         false

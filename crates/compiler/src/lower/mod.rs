@@ -1,4 +1,4 @@
-//! Lowering: a [`Graph`] to one device [`Program`] built from the kernel library.
+//! Lowering: a [`Graph`] to one device [`Program`](trainyard_isa::Program) built from the kernel library.
 //!
 //! [`compile`] runs the optimization passes ([`crate::passes::optimize`]: constant
 //! folding — every shape computation and every op on constants is done here, on the
@@ -10,13 +10,16 @@
 //!    LRN → `lrn`; softmax and norms → `softmax`, `layernorm`, `rmsnorm` (with
 //!    transposes when the axis is not the last); reductions → `reduce`; arg-max →
 //!    `argmax`; any elementwise function, chain, broadcast or cast → one tiled
-//!    elementwise routine; reshapes are free (aliases); concatenation, slicing,
-//!    padding, gathers and resizes are DMA access patterns. A node the device cannot
-//!    run is a [`LowerError::Unsupported`] naming it and its op type, at compile time.
+//!    elementwise routine; reshapes are free (aliases); slicing, padding, gathers and
+//!    resizes are DMA access patterns; a concatenation whose pieces are contiguous gets
+//!    them written in place by their producers. A node the device cannot run is a
+//!    [`LowerError::Unsupported`] naming it and its op type, at compile time.
 //! 2. **HBM plan.** Graph inputs, weights and graph outputs get their own tensors;
-//!    every intermediate (and every step's scratch) is a region of one arena, placed
-//!    by liveness ([`hbm::place`]). The peak HBM use is reported in [`HbmReport`];
-//!    above the chip's HBM it is [`LowerError::HbmOverflow`], naming the tensor.
+//!    values sharing bytes (reshapes, in-place concatenation pieces) form one buffer;
+//!    every other intermediate buffer (and every step's scratch) is a region of one
+//!    arena, placed by liveness ([`hbm::place`]). The peak HBM use is reported in
+//!    [`HbmReport`]; above the chip's HBM it is [`LowerError::HbmOverflow`], naming
+//!    the tensor.
 //! 3. **Cores.** With `cores > 1`, a model whose every step acts on each image of
 //!    the batch separately runs *data-parallel*: each core computes a slice of the
 //!    batch through the whole model (the steps are emitted once per core on batch
@@ -24,41 +27,49 @@
 //!    cores.
 //! 4. **Program.** Steps are emitted in order into one builder (dependencies follow
 //!    addresses, so arena reuse is ordered), each recorded as an [`OpSpan`] for
-//!    per-op time.
+//!    per-op time. Consecutive convolutions take alternate halves of the SBUF, so the
+//!    next one's weights load while this one computes.
 //!
 //! [`Compiled`] holds the program, how graph inputs and outputs map to program
 //! tensors ([`IoTensor`], converted by [`io`]), the weight values to bind, the spans
 //! and the HBM report; [`Manifest`] is its serializable description (what
 //! `trainyard compile` writes beside a `.tyb`).
 
+mod compiled;
+mod conv;
 mod elementwise;
 mod emit;
 mod error;
+mod ew_program;
 pub mod hbm;
 pub mod io;
 mod linalg;
 mod movement;
 mod nn;
 mod plan;
+mod prepare;
 mod resize;
 mod rows;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
-use std::ops::Range;
-use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use trainyard_arch::{ChipSpec, DType};
-use trainyard_isa::Program;
 use trainyard_kernels::{BuildError, HbmTensor, KernelBuilder, ALIGN};
 
+pub use compiled::{
+    bind_inputs, device_shape, read_output, Compiled, DeviceTensor, HbmReport, IoTensor, Manifest, ManifestIo, OpSpan,
+    Parallelism, Weight,
+};
 pub use elementwise::{Arg, EwOp, EwProgram};
 pub use error::LowerError;
 
-use crate::graph::{DataType, Graph, Node, Op, Tensor, TensorType, ValueId};
-use emit::{Cx, Io, Step, StepKind};
+use crate::graph::{Graph, Node, ValueId};
+use emit::{Cx, Io, StepKind};
+use prepare::{
+    batch_split, batched_values, data_parallel, detach_outputs, drop_empty, fold_empty, resolve_aliases, Home,
+};
 
 /// Options of [`compile`].
 #[derive(Clone, Debug, PartialEq)]
@@ -75,286 +86,6 @@ impl Default for LowerOptions {
     fn default() -> Self {
         LowerOptions { cores: 1, dtype: DType::F32, optimize: true }
     }
-}
-
-/// A graph input or output and the program tensor holding it (none — an empty name —
-/// for a tensor without elements).
-#[derive(Clone, Debug, PartialEq)]
-pub struct IoTensor {
-    /// The graph's name.
-    pub name: String,
-    /// The program tensor.
-    pub tensor: String,
-    /// Graph type.
-    pub ty: TensorType,
-    /// Device element type.
-    pub dtype: DType,
-}
-
-/// A weight: a program input whose value is known at compile time.
-#[derive(Clone, Debug)]
-pub struct Weight {
-    /// The program tensor.
-    pub tensor: String,
-    /// Device element type.
-    pub dtype: DType,
-    /// The value (already in the device layout).
-    pub value: Arc<Tensor>,
-}
-
-/// One step of the program: a node or fused group, its kernels and its instructions.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpSpan {
-    /// Node name (the first node of a fused group).
-    pub node: String,
-    /// ONNX op type (`Conv+BatchNormalization+Relu` for a fused group).
-    pub op_type: String,
-    /// Library kernels or device routines.
-    pub kernel: String,
-    /// Instruction ids `[start, end)`.
-    pub insts: Range<u32>,
-}
-
-/// Where HBM goes, bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct HbmReport {
-    /// Weights (program inputs with compile-time values).
-    pub weights: u64,
-    /// Graph inputs.
-    pub inputs: u64,
-    /// Graph outputs.
-    pub outputs: u64,
-    /// The intermediates' arena (liveness-planned).
-    pub arena: u64,
-    /// Scratch the kernels keep for themselves (e.g. a padded copy of a convolution's
-    /// input), one per core and kind, reused by every step.
-    #[serde(default)]
-    pub workspace: u64,
-    /// The most intermediate bytes live at one step (a lower bound of `arena`).
-    pub live_peak: u64,
-    /// Peak HBM use: everything above.
-    pub peak: u64,
-    /// The chip's HBM.
-    pub capacity: u64,
-}
-
-/// How the work is spread over the cores.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Parallelism {
-    /// Each core computes a slice of the batch through the whole model.
-    DataParallel {
-        /// Cores used.
-        cores: u16,
-        /// Batch size split.
-        batch: usize,
-    },
-    /// Each step splits its own work over the cores.
-    PerStep {
-        /// Cores used.
-        cores: u16,
-        /// Why the batch was not split (empty with one core).
-        reason: String,
-    },
-}
-
-/// A compiled model.
-#[derive(Clone, Debug)]
-pub struct Compiled {
-    /// The program.
-    pub program: Program,
-    /// Graph inputs, in the graph's order.
-    pub inputs: Vec<IoTensor>,
-    /// Graph outputs, in the graph's order.
-    pub outputs: Vec<IoTensor>,
-    /// Weights to bind before a run.
-    pub weights: Vec<Weight>,
-    /// Steps with their instruction ranges, in program order.
-    pub ops: Vec<OpSpan>,
-    /// HBM use.
-    pub hbm: HbmReport,
-    /// Core use.
-    pub parallelism: Parallelism,
-    /// The graph after the optimization passes (what was lowered).
-    pub graph: Graph,
-}
-
-/// A graph input or output in a [`Manifest`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManifestIo {
-    /// Graph name.
-    pub name: String,
-    /// Program tensor.
-    pub tensor: String,
-    /// ONNX element type code.
-    pub onnx_type: i32,
-    /// Shape.
-    pub shape: Vec<usize>,
-    /// Device element type name.
-    pub dtype: String,
-}
-
-/// What a program needs besides its instructions to be run as the model: the
-/// mapping of graph inputs and outputs, the weight tensors, the op spans and the HBM
-/// report (serialized beside a compiled `.tyb`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Model (graph) name.
-    pub model: String,
-    /// Chip compiled for.
-    pub chip: String,
-    /// Float element type on the device.
-    pub dtype: String,
-    /// Graph inputs.
-    pub inputs: Vec<ManifestIo>,
-    /// Graph outputs.
-    pub outputs: Vec<ManifestIo>,
-    /// Program tensors holding weights.
-    pub weights: Vec<String>,
-    /// Op spans.
-    pub ops: Vec<OpSpan>,
-    /// HBM use.
-    pub hbm: HbmReport,
-    /// Core use.
-    pub parallelism: Parallelism,
-    /// The ONNX model compiled (for `--check` against the interpreter).
-    #[serde(default)]
-    pub source: Option<String>,
-}
-
-impl ManifestIo {
-    fn of(t: &IoTensor) -> ManifestIo {
-        ManifestIo {
-            name: t.name.clone(),
-            tensor: t.tensor.clone(),
-            onnx_type: t.ty.dtype.onnx_code(),
-            shape: t.ty.shape.clone(),
-            dtype: t.dtype.name().to_string(),
-        }
-    }
-
-    /// The graph input or output it describes.
-    pub fn io_tensor(&self) -> Result<IoTensor, String> {
-        let dtype = DataType::from_onnx(self.onnx_type)?;
-        let dev: DType = self.dtype.parse().map_err(|e| format!("`{}`: {e}", self.name))?;
-        Ok(IoTensor {
-            name: self.name.clone(),
-            tensor: self.tensor.clone(),
-            ty: TensorType::new(dtype, self.shape.clone()),
-            dtype: dev,
-        })
-    }
-}
-
-impl Compiled {
-    /// The serializable description of the compiled model.
-    pub fn manifest(&self, chip: &ChipSpec, dtype: DType) -> Manifest {
-        Manifest {
-            model: self.graph.name.clone(),
-            chip: chip.name.clone(),
-            dtype: dtype.name().to_string(),
-            inputs: self.inputs.iter().map(ManifestIo::of).collect(),
-            outputs: self.outputs.iter().map(ManifestIo::of).collect(),
-            weights: self.weights.iter().map(|w| w.tensor.clone()).collect(),
-            ops: self.ops.clone(),
-            hbm: self.hbm,
-            parallelism: self.parallelism.clone(),
-            source: None,
-        }
-    }
-
-    /// The device bytes of each graph input in `values` (see [`bind_inputs`]).
-    pub fn bind_inputs(&self, values: &HashMap<String, Tensor>) -> Result<Vec<DeviceTensor>, LowerError> {
-        bind_inputs(&self.inputs, values)
-    }
-
-    /// The device bytes of every weight.
-    pub fn weight_bytes(&self) -> Result<Vec<DeviceTensor>, LowerError> {
-        self.weights
-            .iter()
-            .map(|w| {
-                let bytes = io::to_device(&w.value, w.dtype)
-                    .map_err(|reason| LowerError::Binding { name: w.tensor.clone(), reason })?;
-                Ok(DeviceTensor {
-                    tensor: w.tensor.clone(),
-                    dtype: w.dtype,
-                    shape: device_shape(w.value.shape()),
-                    bytes,
-                })
-            })
-            .collect()
-    }
-}
-
-/// Bytes for one program tensor.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DeviceTensor {
-    /// Program tensor name.
-    pub tensor: String,
-    /// Device element type.
-    pub dtype: DType,
-    /// Device shape (scalars are `[1]`).
-    pub shape: Vec<usize>,
-    /// Little-endian elements.
-    pub bytes: Vec<u8>,
-}
-
-/// The device bytes of each graph input of `inputs` found in `values` (by graph
-/// name), as (program tensor, dtype, shape, bytes); every input must be given with its
-/// declared type and shape (inputs without elements have no tensor and are skipped).
-pub fn bind_inputs(inputs: &[IoTensor], values: &HashMap<String, Tensor>) -> Result<Vec<DeviceTensor>, LowerError> {
-    inputs
-        .iter()
-        .filter(|i| !i.tensor.is_empty())
-        .map(|i| {
-            let t = values.get(&i.name).ok_or_else(|| LowerError::Binding {
-                name: i.name.clone(),
-                reason: format!("not given (the model's inputs: {})", names(inputs)),
-            })?;
-            if t.dtype() != i.ty.dtype || t.shape() != i.ty.shape.as_slice() {
-                return Err(LowerError::Binding {
-                    name: i.name.clone(),
-                    reason: format!("expected {}, got {}{:?}", i.ty, t.dtype(), t.shape()),
-                });
-            }
-            let bytes =
-                io::to_device(t, i.dtype).map_err(|reason| LowerError::Binding { name: i.name.clone(), reason })?;
-            Ok(DeviceTensor { tensor: i.tensor.clone(), dtype: i.dtype, shape: device_shape(&i.ty.shape), bytes })
-        })
-        .collect()
-}
-
-/// The value of graph output `o` from the bytes of its program tensor (`None` for an
-/// output without elements, which has none).
-pub fn read_output(o: &IoTensor, bytes: Option<&[u8]>) -> Result<Tensor, LowerError> {
-    let bad = |reason: String| LowerError::Binding { name: o.name.clone(), reason };
-    match bytes {
-        _ if o.tensor.is_empty() => Ok(Tensor::zeros(o.ty.dtype, o.ty.shape.clone())),
-        Some(b) => io::from_device(b, o.dtype, &o.ty).map_err(bad),
-        None => Err(bad("no values read back".into())),
-    }
-}
-
-fn names(v: &[IoTensor]) -> String {
-    v.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-/// The shape a value has on the device: scalars become `[1]`.
-pub fn device_shape(shape: &[usize]) -> Vec<usize> {
-    if shape.is_empty() {
-        vec![1]
-    } else {
-        shape.to_vec()
-    }
-}
-
-/// What kind of tensor holds a class of aliased values.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Home {
-    Input(ValueId),
-    Weight(ValueId),
-    Output(usize),
-    Arena,
 }
 
 /// Compiles `graph` for `chip`.
@@ -379,9 +110,9 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
     detach_outputs(&mut g);
     let steps = plan::plan(&mut g, opts.dtype)?;
     let mut steps = drop_empty(&g, steps)?;
-    let homes = resolve_aliases(&g, &mut steps);
     let dev = |v: ValueId| io::device_dtype(g.value(v).ty.dtype, opts.dtype);
     let bytes_of = |v: ValueId| (device_shape(&g.value(v).ty.shape).iter().product::<usize>() * dev(v).size()) as u64;
+    let homes = resolve_aliases(&g, &mut steps, bytes_of);
 
     // Liveness of the arena classes and of every step's scratch.
     let mut lives: Vec<hbm::Live> = Vec::new();
@@ -519,7 +250,11 @@ pub fn compile(graph: &Graph, chip: &ChipSpec, opts: &LowerOptions) -> Result<Co
                 message: format!("value `{}` has no device tensor", g.value(v).name),
             })
         })?;
-        t.reshaped(&device_shape(&g.value(v).ty.shape)).map_err(LowerError::from)
+        let at = homes.offset(v);
+        if at == 0 && t.bytes() == bytes_of(v) {
+            return t.reshaped(&device_shape(&g.value(v).ty.shape)).map_err(LowerError::from);
+        }
+        t.region(&g.value(v).name, at, &device_shape(&g.value(v).ty.shape), dev(v)).map_err(LowerError::from)
     };
 
     // Cores: data-parallel when every step that reads the batch can be split by it.
@@ -689,209 +424,6 @@ impl Names {
         }
         name
     }
-}
-
-/// Evaluates on the host every node that reads a zero-element value and otherwise only
-/// constants (a reduction over an empty set is a constant), so the device never sees
-/// it. Returns how many were folded.
-fn fold_empty(g: &mut Graph) -> Result<usize, LowerError> {
-    let mut folded: Vec<(usize, Vec<(ValueId, Tensor)>)> = Vec::new();
-    let empty = |v: &ValueId| g.value(*v).ty.numel() == 0;
-    for (k, node) in g.nodes.iter().enumerate() {
-        if !node.inputs.iter().any(empty) || node.outputs.iter().all(empty) {
-            continue;
-        }
-        let consts: Option<Vec<Arc<Tensor>>> = node
-            .inputs
-            .iter()
-            .map(|&v| {
-                let val = g.value(v);
-                val.constant
-                    .clone()
-                    .or_else(|| empty(&v).then(|| Arc::new(Tensor::zeros(val.ty.dtype, val.ty.shape.clone()))))
-            })
-            .collect();
-        let Some(consts) = consts else { continue };
-        let refs: Vec<&Tensor> = consts.iter().map(|c| c.as_ref()).collect();
-        let tys: Vec<TensorType> = node.outputs.iter().map(|&o| g.value(o).ty.clone()).collect();
-        let results = crate::interp::eval(&node.op, &refs, &tys).map_err(|reason| LowerError::Unsupported {
-            node: node.name.clone(),
-            op_type: node.op_type.clone(),
-            reason: format!("evaluating it on its empty input: {reason}"),
-        })?;
-        folded.push((k, node.outputs.iter().copied().zip(results).collect()));
-    }
-    let mut keep = vec![true; g.nodes.len()];
-    for (k, outs) in &folded {
-        keep[*k] = false;
-        for (o, t) in outs {
-            g.value_mut(*o).constant = Some(Arc::new(t.clone()));
-        }
-    }
-    if !folded.is_empty() {
-        crate::passes::compact(g, &keep);
-    }
-    Ok(folded.len())
-}
-
-/// Removes zero-element values: steps whose outputs are all empty are dropped, empty
-/// outputs of the others (a split piece) and empty inputs of steps that skip them
-/// (concatenation) are left out; any other step reading an empty value is refused.
-fn drop_empty(g: &Graph, steps: Vec<Step>) -> Result<Vec<Step>, LowerError> {
-    let empty = |v: &ValueId| g.value(*v).ty.numel() == 0;
-    let mut kept = Vec::with_capacity(steps.len());
-    for mut s in steps {
-        s.outputs.retain(|v| !empty(v));
-        if s.outputs.is_empty() {
-            continue;
-        }
-        if s.inputs.iter().any(empty) {
-            let skips = matches!(&s.kind, StepKind::Emit(e) if e.skips_empty_inputs());
-            if !skips {
-                return Err(LowerError::Unsupported {
-                    node: s.node.clone(),
-                    op_type: s.op_type.clone(),
-                    reason: "an input has no elements".into(),
-                });
-            }
-            s.inputs.retain(|v| !empty(v));
-        }
-        kept.push(s);
-    }
-    Ok(kept)
-}
-
-/// Graph outputs that no node computes (graph inputs, constants) or that are listed
-/// twice get an `Identity` node of their own, so each output has its own tensor.
-fn detach_outputs(g: &mut Graph) {
-    let mut seen = std::collections::HashSet::new();
-    for i in 0..g.outputs.len() {
-        let v = g.outputs[i];
-        if g.value(v).producer.is_some() && seen.insert(v) {
-            continue;
-        }
-        let name = format!("{}:copy{i}", g.value(v).name);
-        let ty = g.value(v).ty.clone();
-        let out = g.push_node(&name, "Identity", Op::Identity, vec![v], vec![name.clone()], vec![ty]);
-        g.outputs[i] = out[0];
-        seen.insert(out[0]);
-    }
-}
-
-/// Classes of values sharing bytes (aliases), and where each class lives.
-struct Homes {
-    parent: Vec<ValueId>,
-    home: HashMap<ValueId, Home>,
-}
-
-impl Homes {
-    fn root(&self, mut v: ValueId) -> ValueId {
-        while self.parent[v.0 as usize] != v {
-            v = self.parent[v.0 as usize];
-        }
-        v
-    }
-
-    fn home(&self, root: ValueId) -> &Home {
-        self.home.get(&root).unwrap_or(&Home::Arena)
-    }
-}
-
-/// Joins alias steps' outputs to their inputs' classes, turning an alias into a copy
-/// where the class would hold two graph tensors (an input or weight and an output, or
-/// two outputs).
-fn resolve_aliases(g: &Graph, steps: &mut [Step]) -> Homes {
-    let mut h = Homes { parent: (0..g.values.len() as u32).map(ValueId).collect(), home: HashMap::new() };
-    for &v in &g.inputs {
-        h.home.insert(v, Home::Input(v));
-    }
-    for (i, v) in g.values.iter().enumerate() {
-        if v.constant.is_some() {
-            h.home.insert(ValueId(i as u32), Home::Weight(ValueId(i as u32)));
-        }
-    }
-    for (i, &v) in g.outputs.iter().enumerate() {
-        h.home.entry(v).or_insert(Home::Output(i));
-    }
-    for s in steps.iter_mut() {
-        if !matches!(s.kind, StepKind::Alias) {
-            continue;
-        }
-        let (Some(&x), Some(&y)) = (s.inputs.first(), s.outputs.first()) else { continue };
-        let rx = h.root(x);
-        let pinned_x = h.home(rx) != &Home::Arena;
-        let pinned_y = h.home(y) != &Home::Arena;
-        if pinned_x && pinned_y {
-            s.kind = StepKind::Emit(Box::new(emit::Copy));
-            continue;
-        }
-        h.parent[y.0 as usize] = rx;
-        if let Some(home) = h.home.remove(&y) {
-            h.home.insert(rx, home);
-        }
-    }
-    h
-}
-
-/// The batch split over `cores`: contiguous ranges of images.
-fn batch_split(batch: usize, cores: u16) -> Vec<Range<usize>> {
-    let cores = (cores as usize).clamp(1, batch.max(1));
-    (0..cores).map(|c| c * batch / cores..(c + 1) * batch / cores).filter(|r| !r.is_empty()).collect()
-}
-
-/// Which values carry the batch on axis 0 in a data-parallel program.
-fn batched_values(g: &Graph, steps: &[Step], p: &Parallelism) -> Vec<bool> {
-    let mut b = vec![false; g.values.len()];
-    let Parallelism::DataParallel { batch, .. } = p else { return b };
-    for &v in &g.inputs {
-        b[v.0 as usize] = g.value(v).ty.shape.first() == Some(batch);
-    }
-    for s in steps {
-        if s.inputs.iter().any(|v| b[v.0 as usize]) {
-            for &o in &s.outputs {
-                b[o.0 as usize] = true;
-            }
-        }
-    }
-    b
-}
-
-/// Data-parallel when the graph inputs share a batch ≥ 2 and every step that reads
-/// batched values can be split by the batch.
-fn data_parallel(g: &Graph, steps: &[Step], cores: u16) -> Parallelism {
-    let per_step = |reason: String| Parallelism::PerStep { cores, reason };
-    if cores == 1 {
-        return per_step(String::new());
-    }
-    let batch = match g.inputs.first().and_then(|&v| g.value(v).ty.shape.first().copied()) {
-        Some(n) if n >= 2 => n,
-        _ => return per_step("the batch is 1".into()),
-    };
-    let mut b = vec![false; g.values.len()];
-    for &v in &g.inputs {
-        b[v.0 as usize] = g.value(v).ty.shape.first() == Some(&batch);
-    }
-    for s in steps {
-        let flags: Vec<bool> = s.inputs.iter().map(|v| b[v.0 as usize]).collect();
-        if !flags.iter().any(|&f| f) {
-            continue;
-        }
-        let shapes: Vec<Vec<usize>> = s.inputs.iter().map(|&v| g.value(v).ty.shape.clone()).collect();
-        let out: Vec<usize> = s.outputs.first().map(|&o| g.value(o).ty.shape.clone()).unwrap_or_default();
-        let ok = out.first() == Some(&batch)
-            && s.outputs.iter().all(|&o| g.value(o).ty.shape.first() == Some(&batch))
-            && match &s.kind {
-                StepKind::Alias => flags[0] && shapes[0].first() == Some(&batch),
-                StepKind::Emit(e) => e.batch_separable(&flags, &shapes, &out),
-            };
-        if !ok {
-            return per_step(format!("node `{}` ({}) mixes the batch", s.node, s.op_type));
-        }
-        for &o in &s.outputs {
-            b[o.0 as usize] = true;
-        }
-    }
-    Parallelism::DataParallel { cores: cores.min(batch.min(u16::MAX as usize) as u16), batch }
 }
 
 /// The node as given, for messages.

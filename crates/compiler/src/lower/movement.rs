@@ -321,6 +321,13 @@ impl Emitter for Move {
         matches!(self, Move::Concat(_))
     }
 
+    fn concat_axis(&self) -> Option<usize> {
+        match self {
+            Move::Concat(a) => Some(*a),
+            _ => None,
+        }
+    }
+
     fn kernels(&self) -> String {
         match self {
             Move::Transpose(_) | Move::DepthToSpace { .. } | Move::SpaceToDepth { .. } => "transpose".into(),
@@ -351,8 +358,15 @@ impl Emitter for Move {
                 let y = io.output(0)?;
                 let (outer, total, inner) = around(y.shape(), *axis);
                 let mut at = 0;
+                let es = y.dtype().size() as u64;
                 for t in &io.inputs {
                     let len = t.shape().get(*axis).copied().unwrap_or(1);
+                    // A piece the compiler placed in the output already is not copied.
+                    let in_place = outer == 1 && t.offset() == y.offset() + (at * inner) as u64 * es;
+                    if in_place {
+                        at += len;
+                        continue;
+                    }
                     let d = Side { offset: (at * inner) as i64, strides: vec![(total * inner) as i64, 1] };
                     let s = Side::dense(&[outer, len * inner]);
                     copy_strided(cx, y, &d, t, &s, &[outer, len * inner])?;

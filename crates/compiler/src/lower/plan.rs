@@ -7,7 +7,7 @@ use trainyard_arch::DType;
 
 use super::elementwise::{Arg, Elementwise, EwProgram};
 use super::emit::{Emitter, Step, StepKind};
-use super::{io, linalg, movement, nn, resize, rows, unsupported, LowerError};
+use super::{conv, io, linalg, movement, nn, resize, rows, unsupported, LowerError};
 use crate::graph::{DataType, FusedArg, FusedStep, Graph, Node, Op, Tensor, ValueId};
 
 /// Planning state: the graph (constants derived at compile time are added to it),
@@ -120,8 +120,8 @@ fn plan_node(p: &mut Planner, k: usize, node: &Node) -> Result<Step, LowerError>
         }
         Op::Trilu { upper, k } => trilu(p, node, *upper, *k),
         Op::MatMul | Op::Gemm { .. } | Op::FusedMatMul { .. } => linalg::plan(p, node),
-        Op::Conv(_) => nn::conv(p, k, node),
-        Op::ConvTranspose(_) => nn::conv_transpose(p, node),
+        Op::Conv(_) => conv::conv(p, k, node),
+        Op::ConvTranspose(_) => conv::conv_transpose(p, node),
         Op::Pool(_) | Op::GlobalPool(_) => nn::pool(p, node),
         Op::Resize(_) => resize::plan(p, node),
         Op::BatchNorm { .. } | Op::InstanceNorm { .. } | Op::GroupNorm { .. } => nn::norm(p, node),

@@ -531,3 +531,25 @@ fn transformer_block() {
     assert_eq!(c.parallelism, Parallelism::DataParallel { cores: 2, batch: 2 });
     check_on(&g, &inputs, "trn1", LowerOptions::default(), 1e-4);
 }
+
+/// Concatenations along an axis after which the pieces are contiguous (DenseNet's
+/// growing feature maps) get their pieces written in place: no copy; a piece that is
+/// a graph input, used twice, or a graph output is copied.
+#[test]
+fn concatenation_pieces_are_written_in_place() {
+    let mut g = Graph::new("dense");
+    let x = f32_input(&mut g, "x", &[1, 3, 4, 5]);
+    let a = node(&mut g, "a", "Relu", Op::Unary(Unary::Relu), vec![x]);
+    let b = node(&mut g, "b", "Exp", Op::Unary(Unary::Exp), vec![x]);
+    let c1 = node(&mut g, "c1", "Concat", Op::Concat { axis: 1 }, vec![a, b]);
+    let n = node(&mut g, "n", "Neg", Op::Unary(Unary::Neg), vec![c1]);
+    let c2 = node(&mut g, "c2", "Concat", Op::Concat { axis: 1 }, vec![c1, n, x]);
+    let c3 = node(&mut g, "c3", "Concat", Op::Concat { axis: 3 }, vec![a, a]);
+    g.outputs.extend([c2, c3, n]);
+    let inputs = HashMap::from([("x".into(), random(&[1, 3, 4, 5], 1, -1.0, 1.0))]);
+    let c = check_on(&g, &inputs, "trn2", LowerOptions { optimize: false, ..Default::default() }, 1e-5);
+    let spans: Vec<&str> = c.ops.iter().map(|o| o.node.as_str()).collect();
+    assert!(!spans.contains(&"c1"), "c1's pieces are in place: {spans:?}");
+    assert!(spans.contains(&"c2"), "c2 copies the graph input x and the output n: {spans:?}");
+    assert!(spans.contains(&"c3"), "the pieces of c3 are not contiguous: {spans:?}");
+}

@@ -19,14 +19,16 @@
 
 mod conv;
 mod lrn;
+mod packing;
 mod pool;
 #[cfg(test)]
 mod tests;
 
 use std::ops::Range;
 
-pub use conv::{Conv2d, ConvGeometry, ConvPacking, OutBlock, WeightPart};
+pub use conv::Conv2d;
 pub use lrn::Lrn;
+pub use packing::{ConvGeometry, ConvPacking, OutBlock, WeightPart};
 pub use pool::Pool2d;
 
 use trainyard_arch::DType;
