@@ -1,7 +1,7 @@
 //! Matrix products and convolutions (im2col + `gemm` in f64).
 
 use super::elementwise::broadcast_map;
-use crate::graph::{numel, Conv, ConvTranspose, Data, Tensor, TensorType, Unary};
+use crate::graph::{numel, Conv, ConvTranspose, Data, Tensor, TensorType, Unary, Window};
 
 /// `c[m×n] = a·b` with `a` m×k and `b` k×n, each row-major or transposed
 /// (`a_t`: `a` is stored k×m; `b_t`: `b` is stored n×k).
@@ -148,6 +148,36 @@ fn transpose2<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
 }
 
 /// Decomposes flat index `i` of `shape` into coordinates.
+/// For each (kernel offset, position in `at`), the flat position in `to` that the window
+/// places it on, or `usize::MAX` where that falls in the padding. Conv reads the input through
+/// it (`at` = output, `to` = input: im2col); ConvTranspose scatters through it (`at` = input,
+/// `to` = output: col2im).
+fn tap_table(window: &Window, kernel: &[usize], at: &[usize], to: &[usize]) -> Vec<usize> {
+    let (kk, n, nd) = (numel(kernel), numel(at), at.len());
+    let mut table = vec![usize::MAX; kk * n];
+    let (mut kc, mut ac) = (vec![0; nd], vec![0; nd]);
+    for ki in 0..kk {
+        coords(ki, kernel, &mut kc);
+        for ai in 0..n {
+            coords(ai, at, &mut ac);
+            let mut flat = 0usize;
+            let mut inside = true;
+            for d in 0..nd {
+                let p = (ac[d] * window.strides[d] + kc[d] * window.dilations[d]) as isize - window.pads[d].0 as isize;
+                if p < 0 || p >= to[d] as isize {
+                    inside = false;
+                    break;
+                }
+                flat = flat * to[d] + p as usize;
+            }
+            if inside {
+                table[ki * n + ai] = flat;
+            }
+        }
+    }
+    table
+}
+
 fn coords(mut i: usize, shape: &[usize], out: &mut [usize]) {
     for d in (0..shape.len()).rev() {
         out[d] = i % shape[d].max(1);
@@ -161,7 +191,6 @@ pub(crate) fn conv(c: &Conv, inputs: &[&Tensor], o: &TensorType) -> Result<Tenso
     let (nb, cin) = (xs[0], xs[1]);
     let sp_in = &xs[2..];
     let sp_out = &o.shape[2..];
-    let nd = sp_in.len();
     let kernel = &c.window.kernel;
     let (g, m) = (c.group, o.shape[1]);
     let (cg, mg) = (cin / g, m / g);
@@ -170,28 +199,7 @@ pub(crate) fn conv(c: &Conv, inputs: &[&Tensor], o: &TensorType) -> Result<Tenso
     let xv = x.to_f64_vec();
     let wv = w.to_f64_vec();
     // For each (kernel offset, output position), the input position or none (padding).
-    let mut src = vec![usize::MAX; kk * osz];
-    let (mut kc, mut oc) = (vec![0; nd], vec![0; nd]);
-    for ki in 0..kk {
-        coords(ki, kernel, &mut kc);
-        for oi in 0..osz {
-            coords(oi, sp_out, &mut oc);
-            let mut at = 0usize;
-            let mut inside = true;
-            for d in 0..nd {
-                let p = (oc[d] * c.window.strides[d] + kc[d] * c.window.dilations[d]) as isize
-                    - c.window.pads[d].0 as isize;
-                if p < 0 || p >= sp_in[d] as isize {
-                    inside = false;
-                    break;
-                }
-                at = at * sp_in[d] + p as usize;
-            }
-            if inside {
-                src[ki * osz + oi] = at;
-            }
-        }
-    }
+    let src = tap_table(&c.window, kernel, sp_out, sp_in);
     let mut out = vec![0.0; nb * m * osz];
     let mut col = vec![0.0; cg * kk * osz];
     for b in 0..nb {
@@ -231,7 +239,6 @@ pub(crate) fn conv_transpose(c: &ConvTranspose, inputs: &[&Tensor], o: &TensorTy
     let (nb, cin) = (xs[0], xs[1]);
     let sp_in = &xs[2..];
     let sp_out = &o.shape[2..];
-    let nd = sp_in.len();
     let kernel = &c.window.kernel;
     let (g, m) = (c.group, o.shape[1]);
     let (cg, mg) = (cin / g, m / g);
@@ -241,28 +248,7 @@ pub(crate) fn conv_transpose(c: &ConvTranspose, inputs: &[&Tensor], o: &TensorTy
     let wv = w.to_f64_vec();
     let mut out = vec![0.0; nb * m * osz];
     // cols[mg·kk × isz] = Wᵀ·X per group, then scatter-add into the output (col2im).
-    let mut dst = vec![usize::MAX; kk * isz];
-    let (mut kc, mut ic) = (vec![0; nd], vec![0; nd]);
-    for ki in 0..kk {
-        coords(ki, kernel, &mut kc);
-        for ii in 0..isz {
-            coords(ii, sp_in, &mut ic);
-            let mut at = 0usize;
-            let mut inside = true;
-            for d in 0..nd {
-                let p = (ic[d] * c.window.strides[d] + kc[d] * c.window.dilations[d]) as isize
-                    - c.window.pads[d].0 as isize;
-                if p < 0 || p >= sp_out[d] as isize {
-                    inside = false;
-                    break;
-                }
-                at = at * sp_out[d] + p as usize;
-            }
-            if inside {
-                dst[ki * isz + ii] = at;
-            }
-        }
-    }
+    let dst = tap_table(&c.window, kernel, sp_in, sp_out);
     for b in 0..nb {
         for gi in 0..g {
             let xg = &xv[(b * cin + gi * cg) * isz..][..cg * isz];
